@@ -1,0 +1,1 @@
+"""Pipeline wiring: options and one module per pipeline (run with ``python -m``)."""

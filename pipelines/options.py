@@ -1,0 +1,56 @@
+"""Command-line options shared by the feature pipelines (Beam-style flags)."""
+
+from __future__ import annotations
+
+from apache_beam.options.pipeline_options import KafkaStreamsRunnerOptions, PipelineOptions
+
+
+class FeatureOptions(PipelineOptions):
+    """Inputs, outputs and feature settings of a feature pipeline."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:  # noqa: ANN001 (Beam's signature)
+        src = parser.add_argument_group("input")
+        src.add_argument("--input", default=None,
+                         help="bounded replay: JSON lines, or Avro if it ends in .avro "
+                              "(any Beam filesystem path, e.g. gs://)")
+        # --bootstrap_servers is Beam's own flag (KafkaStreamsRunnerOptions,
+        # default localhost:9092); see bootstrap_servers() below.
+        src.add_argument("--topic", default=None,
+                         help="Kafka topic of events; with --bootstrap_servers reads Kafka")
+        src.add_argument("--max_records", type=int, default=None,
+                         help="stop after this many Kafka records (a bounded run)")
+        src.add_argument("--schema_registry_url", default=None,
+                         help="Confluent schema registry; default: schemas/catalogue.json")
+        src.add_argument("--reader_schema", default=None,
+                         help="reader schema file in schemas/ (default per pipeline)")
+
+        out = parser.add_argument_group("outputs")
+        out.add_argument("--redis_url", default=None,
+                         help="redis://[:password@]host:port/db (rediss:// for TLS)")
+        out.add_argument("--redis_prefix", default="features", help="hash key prefix")
+        out.add_argument("--redis_layout", default="hash", choices=("hash", "seed", "both"))
+        out.add_argument("--redis_key_ttl_s", type=float, default=None,
+                         help="expire an entity's hash after this long without writes")
+        out.add_argument("--redis_batch_size", type=int, default=100)
+        out.add_argument("--redis_flush_ms", type=int, default=1000)
+        out.add_argument("--feature_log", default=None,
+                         help="file of every feature update, one JSON line each")
+        out.add_argument("--dead_letter", default=None,
+                         help="file of bad inputs, one JSON line each (payload + reason)")
+        out.add_argument("--late_output", default=None,
+                         help="file of events too late for a feature, one JSON line each")
+
+        feat = parser.add_argument_group("features")
+        feat.add_argument("--allowed_lateness_ms", type=int, default=60_000)
+        feat.add_argument("--state_ttl_s", type=float, default=None,
+                          help="clear lifetime state of keys idle this long (event time)")
+        feat.add_argument("--tile_ms", type=int, default=1_000,
+                          help="tile size of the sliding sum (divides 60000)")
+        feat.add_argument("--no_early_firings", action="store_true",
+                          help="no speculative window values before the watermark")
+
+
+def bootstrap_servers(options: PipelineOptions) -> str:
+    """The ``--bootstrap_servers`` flag, which Beam itself defines."""
+    return options.view_as(KafkaStreamsRunnerOptions).bootstrap_servers

@@ -1,0 +1,1 @@
+"""Runner presets, jar resolution and the local services' lifecycle."""

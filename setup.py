@@ -1,0 +1,22 @@
+"""rtfeatures: real-time ML features as Apache Beam pipelines (also shipped to workers)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="rtfeatures",
+    version="0.1.0",
+    description="Real-time ML features: Kafka -> Beam (Flink) -> Redis, correct by event time",
+    python_requires=">=3.11,<3.12",
+    packages=find_packages(include=["pipelines*", "transforms*", "runners*", "schemas*",
+                                    "serving*"]),
+    package_data={"schemas": ["*.avsc", "*.json"], "transforms": ["lua/*.lua"]},
+    install_requires=[
+        "apache-beam[gcp]==2.77.0",
+        "confluent-kafka>=2.3,<3",
+        "redis>=5,<9",
+        "fastavro>=1.9,<2",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-timeout>=2", "hypothesis>=6", "ruff>=0.6"],
+    },
+)

@@ -1,0 +1,1 @@
+"""Reusable Beam transforms of rtfeatures: decode, features, late data, sink."""

@@ -1,0 +1,131 @@
+"""Lifetime counters: a total and per-category counts per entity.
+
+Python Beam has no MapState, so the total is a ``CombiningValueState`` and the
+per-category counts one ``ReadModifyWriteState`` map (categories per entity are
+few; a huge-cardinality category would call for a ``BagState`` of deltas).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.coders import FastPrimitivesCoder, VarIntCoder
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.userstate import (
+    CombiningValueStateSpec,
+    ReadModifyWriteStateSpec,
+    TimerSpec,
+    on_timer,
+)
+from apache_beam.utils.timestamp import Timestamp
+
+from transforms.late import MAX_TIMER_MS, to_ms
+from transforms.model import USER, FeatureUpdate
+from transforms.ttl import IdleTtl
+
+
+class _CountsFn(beam.DoFn):
+    TOTAL = CombiningValueStateSpec("total", VarIntCoder(), sum)
+    # {"c": {category: count}, "max_ts": int, "clock": int | None}
+    META = ReadModifyWriteStateSpec("meta", FastPrimitivesCoder())
+    FINAL = TimerSpec("counts_final", beam.TimeDomain.WATERMARK)
+    TTL = TimerSpec("counts_ttl", beam.TimeDomain.WATERMARK)
+
+    def __init__(self, total_feature: str, category_feature: str, category_field: str,
+                 ttl: IdleTtl, time_field: str, entity_type: str) -> None:
+        self._total_feature = total_feature
+        self._category_feature = category_feature
+        self._category_field = category_field
+        self._ttl = ttl
+        self._time_field = time_field
+        self._entity_type = entity_type
+        self._expired = Metrics.counter("ttl", f"{total_feature}_keys_expired")
+
+    def _updates(self, key: str, total: int, meta: dict[str, Any],
+                 final: bool) -> Iterator[FeatureUpdate]:
+        yield FeatureUpdate(self._entity_type, key, self._total_feature, total,
+                            meta["max_ts"], final)
+        yield FeatureUpdate(self._entity_type, key, self._category_feature, dict(meta["c"]),
+                            meta["max_ts"], final)
+
+    def process(self, kv: tuple[str, dict[str, Any]],
+                total=beam.DoFn.StateParam(TOTAL),
+                meta_state=beam.DoFn.StateParam(META),
+                final_timer=beam.DoFn.TimerParam(FINAL),
+                ttl_timer=beam.DoFn.TimerParam(TTL)) -> Iterator[FeatureUpdate]:
+        key, event = kv
+        ts = event[self._time_field]
+        meta = meta_state.read() or {"c": {}, "max_ts": ts, "clock": None}
+        category = event[self._category_field]
+        meta["c"][category] = meta["c"].get(category, 0) + 1
+        total.add(1)
+        if ts >= meta["max_ts"]:
+            meta["max_ts"] = ts
+            # One timer per key at the newest event: when the watermark passes it,
+            # every event up to as_of has been counted and the value is final.
+            final_timer.set(Timestamp(micros=min(ts + 1, MAX_TIMER_MS) * 1000))
+            self._ttl.touch(ttl_timer, ts)
+        clock = meta["clock"]
+        meta_state.write(meta)
+        # A count is correct for as_of = max_ts once the watermark passed max_ts.
+        final = clock is not None and meta["max_ts"] < clock
+        yield from self._updates(key, total.read(), meta, final)
+
+    @on_timer(FINAL)
+    def _final(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
+               total=beam.DoFn.StateParam(TOTAL),
+               meta_state=beam.DoFn.StateParam(META)) -> Iterator[FeatureUpdate]:
+        meta = meta_state.read()
+        if meta is None:
+            return
+        now = to_ms(fired)
+        meta["clock"] = now if meta["clock"] is None else max(meta["clock"], now)
+        meta_state.write(meta)
+        if meta["max_ts"] < now:
+            yield from self._updates(key, total.read(), meta, final=True)
+
+    @on_timer(TTL)
+    def _expire(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
+                total=beam.DoFn.StateParam(TOTAL),
+                meta_state=beam.DoFn.StateParam(META)) -> Iterator[FeatureUpdate]:
+        meta = meta_state.read()
+        if meta is None or not self._ttl.expired(meta["max_ts"], to_ms(fired)):
+            return
+        if meta["clock"] is None or meta["max_ts"] >= meta["clock"]:
+            # The FINAL timer may not have fired yet (timers of a bounded input
+            # fire in any order): publish the final value before forgetting it.
+            yield from self._updates(key, total.read(), meta, final=True)
+        self._expired.inc()
+        total.clear()
+        meta_state.clear()
+
+
+class LifetimeCounts(beam.PTransform):
+    """A lifetime count and a count per category, per entity.
+
+    Input: ``(entity_id, event)`` of the events to count (filter first).
+    Output: ``FeatureUpdate``s for ``total_feature`` (int) and
+    ``category_feature`` (category -> int map), ``as_of_ms`` = the newest
+    counted event time; speculative while the watermark is behind it, final
+    when it passes.
+
+    Args:
+        total_feature: name of the total count feature.
+        category_feature: name of the per-category map feature.
+        category_field: event field holding the category.
+        ttl_ms: clear the state of keys idle this long (event time); ``None``
+            keeps lifetime state forever.
+    """
+
+    def __init__(self, total_feature: str, category_feature: str, category_field: str,
+                 ttl_ms: int | None = None, time_field: str = "eventTimestamp",
+                 entity_type: str = USER) -> None:
+        super().__init__()
+        self._fn = _CountsFn(total_feature, category_feature, category_field,
+                             IdleTtl(ttl_ms), time_field, entity_type)
+
+    def expand(self, keyed: beam.PCollection) -> beam.PCollection:
+        return keyed | "Count" >> beam.ParDo(self._fn).with_input_types(
+            tuple[str, dict[str, Any]])

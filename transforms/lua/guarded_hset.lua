@@ -1,0 +1,41 @@
+-- Guarded write of one entity's features into its hash (default layout).
+-- KEYS[1]: the entity hash, e.g. features:user:42
+-- ARGV[1]: key TTL in ms (0: none); then groups of 4: field, value, as_of_ms, final (1/0).
+-- A field is written only if its as_of is newer than the stored one, or equal
+-- while the stored value is not final (a late firing or a final emission
+-- replaces a speculative one; a speculative one never replaces a final one).
+-- Returns the number of fields rejected by the guard.
+
+-- a > b for decimal integer strings of any length (Lua numbers are doubles:
+-- epoch ms beyond 2^53 would compare wrongly as numbers)
+local function greater(a, b)
+  local neg_a, neg_b = a:sub(1, 1) == '-', b:sub(1, 1) == '-'
+  if neg_a ~= neg_b then return neg_b end
+  local da = neg_a and a:sub(2) or a
+  local db = neg_b and b:sub(2) or b
+  if da == db then return false end
+  local bigger
+  if #da ~= #db then bigger = #da > #db else bigger = da > db end
+  if neg_a then return not bigger end
+  return bigger
+end
+
+local key = KEYS[1]
+local ttl = tonumber(ARGV[1])
+local now = redis.call('TIME')
+local updated = now[1] .. string.format('%03d', math.floor(tonumber(now[2]) / 1000))
+local rejected = 0
+for i = 2, #ARGV, 4 do
+  local field, value, as_of, final = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local stored = redis.call('HMGET', key, field .. ':as_of', field .. ':final')
+  local accept = (not stored[1]) or greater(as_of, stored[1])
+    or (as_of == stored[1] and (final == '1' or stored[2] ~= '1'))
+  if accept then
+    redis.call('HSET', key, field, value, field .. ':as_of', as_of,
+      field .. ':final', final, field .. ':updated_at', updated)
+  else
+    rejected = rejected + 1
+  end
+end
+if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
+return rejected

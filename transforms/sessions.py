@@ -1,0 +1,133 @@
+"""Session features: clicks in session and session duration.
+
+A session is a run of one entity's events whose event-time gaps are below
+``gap_ms`` (Beam ``Sessions`` semantics: each event opens ``[ts, ts + gap)``
+and overlapping intervals merge). Built as a keyed stateful DoFn with timers
+(the seed's KeyedProcessFunction shape, without its bugs): the session's start
+is its *earliest* event, not the first to arrive, so out-of-order data never
+gives a negative duration; a late event within the allowed lateness merges
+(and may bridge two sessions) and re-emits the final value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import apache_beam as beam
+from apache_beam import pvalue
+from apache_beam.coders import FastPrimitivesCoder
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
+
+from transforms.late import LATE, LateEvent, set_event_timer, to_ms, too_late
+from transforms.model import CLICKS_IN_SESSION, SESSION_DURATION_S, USER, FeatureUpdate
+
+# A session in state: [first_ts, last_ts, clicks, final_emitted]
+_FIRST, _LAST, _CLICKS, _FINAL = range(4)
+
+
+class _SessionFn(beam.DoFn):
+    STATE = ReadModifyWriteStateSpec("sessions", FastPrimitivesCoder())
+    FIRE = TimerSpec("session_fire", beam.TimeDomain.WATERMARK)
+
+    def __init__(self, gap_ms: int, lateness_ms: int, click_type: str, time_field: str,
+                 type_field: str, entity_type: str) -> None:
+        self._gap = gap_ms
+        self._lateness = lateness_ms
+        self._click_type = click_type
+        self._time_field = time_field
+        self._type_field = type_field
+        self._entity_type = entity_type
+        self._late = Metrics.counter("late", "session_too_late")
+        self._repairs = Metrics.counter("late", "session_late_merges")
+
+    def _updates(self, key: str, session: list[Any], final: bool) -> Iterator[FeatureUpdate]:
+        as_of = session[_LAST]
+        yield FeatureUpdate(self._entity_type, key, CLICKS_IN_SESSION, session[_CLICKS],
+                            as_of, final)
+        yield FeatureUpdate(self._entity_type, key, SESSION_DURATION_S,
+                            (session[_LAST] - session[_FIRST]) // 1000, as_of, final)
+
+    def process(self, kv: tuple[str, dict[str, Any]],
+                state=beam.DoFn.StateParam(STATE),
+                fire=beam.DoFn.TimerParam(FIRE)) -> Iterator[Any]:
+        key, event = kv
+        ts = event[self._time_field]
+        st = state.read() or {"s": [], "clock": None}
+        clock = st["clock"]
+        # The event's own proto-session [ts, ts + gap) decides lateness, as in Beam.
+        if clock is not None and too_late(ts + self._gap - 1, self._lateness, clock):
+            self._late.inc()
+            yield pvalue.TaggedOutput(LATE, LateEvent("session", event, clock))
+            return
+        merged = [ts, ts, 1 if event[self._type_field] == self._click_type else 0, False]
+        kept = []
+        for s in st["s"]:
+            if s[_FIRST] - self._gap < ts < s[_LAST] + self._gap:
+                merged[_FIRST] = min(merged[_FIRST], s[_FIRST])
+                merged[_LAST] = max(merged[_LAST], s[_LAST])
+                merged[_CLICKS] += s[_CLICKS]
+            else:
+                kept.append(s)
+        close_at = merged[_LAST] + self._gap
+        if clock is not None and close_at <= clock:
+            # The session had closed already: a late merge repairs its final value.
+            self._repairs.inc()
+            merged[_FINAL] = True
+            yield from self._updates(key, merged, final=True)
+        else:
+            set_event_timer(fire, close_at)
+            yield from self._updates(key, merged, final=False)
+        set_event_timer(fire, close_at + self._lateness)
+        kept.append(merged)
+        st["s"] = kept
+        state.write(st)
+
+    @on_timer(FIRE)
+    def _fire(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
+              state=beam.DoFn.StateParam(STATE)) -> Iterator[FeatureUpdate]:
+        st = state.read()
+        if st is None:
+            return
+        now = to_ms(fired)
+        st["clock"] = now if st["clock"] is None else max(st["clock"], now)
+        kept = []
+        # Timers of merged-away sessions still fire; the checks below make them no-ops.
+        for s in sorted(st["s"], key=lambda s: s[_LAST]):
+            close_at = s[_LAST] + self._gap
+            if close_at <= now and not s[_FINAL]:
+                s[_FINAL] = True
+                yield from self._updates(key, s, final=True)
+            if close_at + self._lateness > now:
+                kept.append(s)
+        st["s"] = kept
+        state.write(st)
+
+
+class SessionFeatures(beam.PTransform):
+    """``clicks_in_session`` and ``session_duration_s`` per entity.
+
+    Input: ``(entity_id, event)``. Main output: ``FeatureUpdate``s with
+    ``as_of_ms`` = the session's last event time; speculative (``final=False``)
+    on every event, final when the watermark closes the session, final again on
+    each late merge. Tagged ``late``: events too late even for the allowed lateness.
+
+    Args:
+        gap_ms: inactivity gap that ends a session (gaps must be strictly smaller).
+        allowed_lateness_ms: how long a closed session still takes late events.
+        click_type: the ``eventType`` counted as a click.
+    """
+
+    def __init__(self, gap_ms: int = 900_000, allowed_lateness_ms: int = 60_000,
+                 click_type: str = "click", time_field: str = "eventTimestamp",
+                 type_field: str = "eventType", entity_type: str = USER) -> None:
+        super().__init__()
+        if gap_ms <= 0 or allowed_lateness_ms < 0:
+            raise ValueError("gap_ms must be > 0 and allowed_lateness_ms >= 0")
+        self._fn = _SessionFn(gap_ms, allowed_lateness_ms, click_type, time_field,
+                              type_field, entity_type)
+
+    def expand(self, keyed: beam.PCollection) -> pvalue.DoOutputsTuple:
+        return keyed | "Sessions" >> beam.ParDo(self._fn).with_input_types(
+            tuple[str, dict[str, Any]]).with_outputs(LATE, main="updates")

@@ -1,0 +1,160 @@
+"""A sliding event-time sum, kept current as event time passes, with bounded state.
+
+``value(as_of) = sum of the field over events with ts in (as_of - window, as_of]``.
+
+State per key is a set of *tiles* (Chronon's word): exact partial sums of
+``tile_ms`` of event time each, so its size is bounded by
+``(window + allowed lateness) / tile_ms`` whatever the event rate. Values are
+published at tile ends, ``as_of = k * tile_ms + tile_ms - 1``, where a window
+is exactly ``window / tile_ms`` whole tiles: the sum is exact for its
+``as_of`` and never includes a later event. Published points are the tile end
+of every tile holding events (the value rises) and the tile end one window
+later (its events expire and the value falls, to 0 when the window empties).
+Each point is final when the watermark passes it; before that a speculative
+value is emitted on every event.
+
+Unlike the seed, two events with one timestamp both count (tiles add, they do
+not overwrite), nothing later than ``as_of`` is included, and expiry publishes
+the lowered value. Late events within the allowed lateness repair every point
+they touch; later ones go to the ``late`` output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import apache_beam as beam
+from apache_beam import pvalue
+from apache_beam.coders import FastPrimitivesCoder
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
+
+from transforms import exact
+from transforms.late import LATE, LateEvent, set_event_timer, to_ms, too_late
+from transforms.model import USER, FeatureUpdate
+
+
+class _SlidingSumFn(beam.DoFn):
+    # {"t": {tile: partials}, "p": [pending points], "clock": int | None}
+    STATE = ReadModifyWriteStateSpec("tiles", FastPrimitivesCoder())
+    FIRE = TimerSpec("sliding_fire", beam.TimeDomain.WATERMARK)
+
+    def __init__(self, feature: str, value_field: str, window_ms: int, tile_ms: int,
+                 lateness_ms: int, time_field: str, entity_type: str) -> None:
+        self._feature = feature
+        self._value_field = value_field
+        self._window = window_ms
+        self._tile = tile_ms
+        self._tiles_per_window = window_ms // tile_ms
+        self._lateness = lateness_ms
+        self._time_field = time_field
+        self._entity_type = entity_type
+        self._late = Metrics.counter("late", f"{feature}_too_late")
+        self._repairs = Metrics.counter("late", f"{feature}_late_repairs")
+        self._state_tiles = Metrics.distribution("state", f"{feature}_tiles_per_key")
+
+    def _point(self, tile: int) -> int:
+        """The as_of published for a tile: its last millisecond."""
+        return tile * self._tile + self._tile - 1
+
+    def _value_at(self, tiles: dict[int, list[float]], point: int) -> float:
+        last = (point + 1) // self._tile - 1
+        first = last - self._tiles_per_window + 1
+        return exact.total(x for k, partials in tiles.items() if first <= k <= last
+                           for x in partials)
+
+    def _update(self, key: str, tiles: dict[int, list[float]], point: int,
+                final: bool) -> FeatureUpdate:
+        return FeatureUpdate(self._entity_type, key, self._feature,
+                             self._value_at(tiles, point), point, final)
+
+    def process(self, kv: tuple[str, dict[str, Any]],
+                state=beam.DoFn.StateParam(STATE),
+                fire=beam.DoFn.TimerParam(FIRE)) -> Iterator[Any]:
+        key, event = kv
+        ts = event[self._time_field]
+        st = state.read() or {"t": {}, "p": [], "clock": None}
+        clock = st["clock"]
+        if clock is not None and too_late(ts, self._lateness, clock):
+            self._late.inc()
+            yield pvalue.TaggedOutput(LATE, LateEvent(self._feature, event, clock))
+            return
+        tiles = st["t"]
+        tile = ts // self._tile
+        exact.add(tiles.setdefault(tile, []), event[self._value_field])
+        n = self._tiles_per_window
+        points = {self._point(tile), self._point(tile + n)}
+        if clock is not None and self._point(tile) < clock:
+            # Late: every point already published in [ts, ts + window) changed.
+            self._repairs.inc()
+            points.update(self._point(k) for k in tiles if tile <= k < tile + n)
+            points.update(self._point(k + n) for k in tiles if tile - n < k < tile)
+        pending = set(st["p"])
+        for point in sorted(points):
+            if clock is not None and point < clock:
+                yield self._update(key, tiles, point, final=True)
+            elif point not in pending:
+                pending.add(point)
+                set_event_timer(fire, point + 1)
+        if clock is None or self._point(tile) >= clock:
+            yield self._update(key, tiles, self._point(tile), final=False)
+        st["p"] = sorted(pending)
+        state.write(st)
+
+    @on_timer(FIRE)
+    def _fire(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
+              state=beam.DoFn.StateParam(STATE)) -> Iterator[FeatureUpdate]:
+        st = state.read()
+        if st is None:
+            return
+        now = to_ms(fired)
+        clock = st["clock"] = now if st["clock"] is None else max(st["clock"], now)
+        tiles = st["t"]
+        # Timers may fire out of order: publish every due point, oldest first.
+        due = [p for p in st["p"] if p < now]
+        for point in due:
+            yield self._update(key, tiles, point, final=True)
+        st["p"] = [p for p in st["p"] if p >= now]
+        # Keep the tiles a pending point or a future late repair can still read.
+        horizon = min(st["p"][0] if st["p"] else clock, clock - self._lateness) - self._window
+        for k in [k for k in tiles if self._point(k) <= horizon]:
+            del tiles[k]
+        self._state_tiles.update(len(tiles))
+        if tiles or st["p"]:
+            state.write(st)
+        else:
+            state.write({"t": {}, "p": [], "clock": clock})
+
+
+class SlidingSum(beam.PTransform):
+    """Per-key sum of a field over the last ``window_ms`` of event time.
+
+    Input: ``(entity_id, event)``. Main output: ``FeatureUpdate`` (see the
+    module docstring for the ``as_of`` points and finality). Tagged ``late``:
+    events later than the allowed lateness.
+
+    Args:
+        feature: feature name of the output.
+        value_field: event field to sum.
+        window_ms: window length.
+        tile_ms: tile length; divides ``window_ms``. Smaller tiles publish
+            finer-grained ``as_of`` points and keep more state.
+        allowed_lateness_ms: how far behind the watermark an event may be and
+            still repair the values it belongs to.
+    """
+
+    def __init__(self, feature: str, value_field: str, window_ms: int = 60_000,
+                 tile_ms: int = 1_000, allowed_lateness_ms: int = 60_000,
+                 time_field: str = "eventTimestamp", entity_type: str = USER) -> None:
+        super().__init__()
+        if tile_ms <= 0 or window_ms <= 0 or window_ms % tile_ms:
+            raise ValueError("tile_ms must be > 0 and divide window_ms")
+        if allowed_lateness_ms < 0:
+            raise ValueError("allowed_lateness_ms must be >= 0")
+        self._fn = _SlidingSumFn(feature, value_field, window_ms, tile_ms,
+                                 allowed_lateness_ms, time_field, entity_type)
+
+    def expand(self, keyed: beam.PCollection) -> pvalue.DoOutputsTuple:
+        return keyed | "SlidingSum" >> beam.ParDo(self._fn).with_input_types(
+            tuple[str, dict[str, Any]]).with_outputs(LATE, main="updates")

@@ -1,0 +1,133 @@
+"""Tumbling event-time window totals with allowed lateness and late repair.
+
+Beam's ``FixedWindows`` semantics (window ``[start, start + size)``, fired when
+the watermark passes its end, late panes within the allowed lateness, later
+data dropped) built as a keyed stateful DoFn, so that nothing is dropped
+silently: too-late events go to the ``late`` output instead. The window
+assignment is ``FixedWindows``' own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import apache_beam as beam
+from apache_beam import pvalue
+from apache_beam.coders import FastPrimitivesCoder
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.transforms.window import FixedWindows
+from apache_beam.utils.timestamp import Timestamp
+
+from transforms import exact
+from transforms.late import LATE, LateEvent, set_event_timer, to_ms, too_late
+from transforms.model import USER, FeatureUpdate
+
+
+class _TumblingSumFn(beam.DoFn):
+    """State per key: open windows (start -> [on_time_fired, partials]) and the clock."""
+
+    STATE = ReadModifyWriteStateSpec("windows", FastPrimitivesCoder())
+    FIRE = TimerSpec("tumbling_fire", beam.TimeDomain.WATERMARK)
+
+    def __init__(self, feature: str, value_field: str, size_ms: int, lateness_ms: int,
+                 early_firings: bool, time_field: str, entity_type: str) -> None:
+        self._feature = feature
+        self._value_field = value_field
+        self._size = size_ms
+        self._lateness = lateness_ms
+        self._early = early_firings
+        self._time_field = time_field
+        self._entity_type = entity_type
+        self._windowfn = FixedWindows(size_ms / 1000)
+        self._late = Metrics.counter("late", f"{feature}_too_late")
+        self._late_firings = Metrics.counter("late", f"{feature}_late_firings")
+
+    def _window_start(self, ts_ms: int) -> int:
+        (window,) = self._windowfn.assign(
+            FixedWindows.AssignContext(Timestamp(micros=ts_ms * 1000)))
+        return to_ms(window.start)
+
+    def _update(self, key: str, start: int, partials: list[float], final: bool) -> FeatureUpdate:
+        return FeatureUpdate(self._entity_type, key, self._feature, exact.total(partials),
+                             start + self._size, final)
+
+    def process(self, kv: tuple[str, dict[str, Any]],
+                state=beam.DoFn.StateParam(STATE),
+                fire=beam.DoFn.TimerParam(FIRE)) -> Iterator[Any]:
+        key, event = kv
+        ts = event[self._time_field]
+        st = state.read() or {"w": {}, "clock": None}
+        start = self._window_start(ts)
+        end = start + self._size
+        clock = st["clock"]
+        if clock is not None and too_late(end - 1, self._lateness, clock):
+            self._late.inc()
+            yield pvalue.TaggedOutput(LATE, LateEvent(self._feature, event, clock))
+            return
+        window = st["w"].setdefault(start, [False, []])
+        exact.add(window[1], event[self._value_field])
+        if window[0] or (clock is not None and end <= clock):
+            # The on-time pane is out: this is a late firing, final like it.
+            self._late_firings.inc()
+            window[0] = True
+            yield self._update(key, start, window[1], final=True)
+        else:
+            set_event_timer(fire, end)
+            if self._early:
+                yield self._update(key, start, window[1], final=False)
+        set_event_timer(fire, end + self._lateness)
+        state.write(st)
+
+    @on_timer(FIRE)
+    def _fire(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
+              state=beam.DoFn.StateParam(STATE)) -> Iterator[FeatureUpdate]:
+        st = state.read()
+        if st is None:
+            return
+        now = to_ms(fired)
+        st["clock"] = now if st["clock"] is None else max(st["clock"], now)
+        # Timers may fire out of order (a bounded input fires them all at once):
+        # act on every window that is due, not only the one this timer was for.
+        for start in sorted(st["w"]):
+            fired_on_time, partials = st["w"][start]
+            end = start + self._size
+            if end <= now and not fired_on_time:
+                st["w"][start][0] = True
+                yield self._update(key, start, partials, final=True)
+            if end + self._lateness <= now:
+                del st["w"][start]
+        state.write(st)
+
+
+class TumblingSum(beam.PTransform):
+    """Per-key sum of a field over tumbling event-time windows.
+
+    Input: ``(entity_id, event)``. Main output: ``FeatureUpdate`` with
+    ``as_of_ms`` = the window's end; ``final`` for the on-time pane and for
+    every late firing, not for early (speculative) ones. Tagged ``late``:
+    ``LateEvent`` for events whose window closed more than the allowed
+    lateness ago. Sums are exact (order independent).
+
+    Args:
+        feature: feature name of the output.
+        value_field: event field to sum (a double).
+        size_ms: window size.
+        allowed_lateness_ms: how long after its end a window still takes data.
+        early_firings: emit a speculative value on every event before the
+            window closes (freshness).
+    """
+
+    def __init__(self, feature: str, value_field: str, size_ms: int = 300_000,
+                 allowed_lateness_ms: int = 60_000, early_firings: bool = True,
+                 time_field: str = "eventTimestamp", entity_type: str = USER) -> None:
+        super().__init__()
+        if size_ms <= 0 or allowed_lateness_ms < 0:
+            raise ValueError("size_ms must be > 0 and allowed_lateness_ms >= 0")
+        self._fn = _TumblingSumFn(feature, value_field, size_ms, allowed_lateness_ms,
+                                  early_firings, time_field, entity_type)
+
+    def expand(self, keyed: beam.PCollection) -> pvalue.DoOutputsTuple:
+        return keyed | "TumblingSum" >> beam.ParDo(self._fn).with_input_types(
+            tuple[str, dict[str, Any]]).with_outputs(LATE, main="updates")

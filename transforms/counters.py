@@ -13,6 +13,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.coders import FastPrimitivesCoder, VarIntCoder
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.combiners import CountCombineFn
 from apache_beam.transforms.userstate import (
     CombiningValueStateSpec,
     ReadModifyWriteStateSpec,
@@ -27,7 +28,7 @@ from transforms.ttl import IdleTtl
 
 
 class _CountsFn(beam.DoFn):
-    TOTAL = CombiningValueStateSpec("total", VarIntCoder(), sum)
+    TOTAL = CombiningValueStateSpec("total", VarIntCoder(), CountCombineFn())
     # {"c": {category: count}, "max_ts": int, "clock": int | None}
     META = ReadModifyWriteStateSpec("meta", FastPrimitivesCoder())
     FINAL = TimerSpec("counts_final", beam.TimeDomain.WATERMARK)

@@ -98,7 +98,8 @@ def user_events(spec: StreamSpec) -> Iterator[dict[str, Any]]:
 def ride_events(spec: StreamSpec) -> Iterator[dict[str, Any]]:
     """RideEvent records in arrival order."""
     for i, (rng, user, ts) in enumerate(_arrivals(spec)):
-        home = CITIES[zlib.crc32(user.encode()) % len(CITIES)] if rng.random() < 0.8 else rng.choice(CITIES)
+        home = (CITIES[zlib.crc32(user.encode()) % len(CITIES)] if rng.random() < 0.8
+                else rng.choice(CITIES))
         yield {"rideId": f"r{i:07d}", "userId": user, "eventType": _pick(rng, RIDE_TYPES),
                "eventTimestamp": ts, "cityId": home,
                "amount": round(rng.uniform(3.0, 80.0), 2)}

@@ -1,0 +1,1 @@
+"""Online serving: read feature vectors back from Redis for a model."""

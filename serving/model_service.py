@@ -1,0 +1,61 @@
+"""A small model service in the spirit of the seed's ``predict_for_user``.
+
+    python -m serving.model_service --redis_url=redis://127.0.0.1:6379/0 u0001 u0002
+
+The "model" is a fixed logistic score over a few features: enough to show the
+read path (one round trip for many users, typed values, cold-start defaults,
+feature age) without pretending to be a real fraud model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from collections.abc import Sequence
+
+import redis
+
+from serving.lookup import FeatureClient, FeatureVectorView
+
+WEIGHTS = {"txn_total_5m": 0.02, "clicks_in_session": 0.05, "lifetime_rides": -0.01,
+           "amount_sum_60s": 0.03}
+BIAS = -2.0
+
+
+def preprocess(view: FeatureVectorView) -> list[float]:
+    """The model input: the weighted features as floats, in a fixed order."""
+    return [float(view.values[name]) for name in WEIGHTS]  # type: ignore[arg-type]
+
+
+def score(inputs: list[float]) -> float:
+    """A logistic score in [0, 1]."""
+    z = BIAS + sum(w * x for w, x in zip(WEIGHTS.values(), inputs, strict=True))
+    return 1.0 / (1.0 + math.exp(-z))
+
+
+def predict_for_users(client: FeatureClient, user_ids: Sequence[str]) -> list[dict[str, object]]:
+    """Scores users from their current features (one Redis round trip)."""
+    now_ms = int(time.time() * 1000)
+    out = []
+    for view in client.get_many(user_ids):
+        newest = max(view.as_of_ms.values(), default=None)
+        out.append({"user": view.entity_id, "score": round(score(preprocess(view)), 4),
+                    "cold_start": view.cold, "defaulted": sorted(view.defaulted),
+                    "feature_age_ms": None if newest is None else now_ms - newest})
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="score users from their online features")
+    parser.add_argument("--redis_url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--prefix", default="features")
+    parser.add_argument("users", nargs="+")
+    args = parser.parse_args(argv)
+    client = FeatureClient(redis.Redis.from_url(args.redis_url), prefix=args.prefix)
+    for row in predict_for_users(client, args.users):
+        print(row)
+
+
+if __name__ == "__main__":
+    main()

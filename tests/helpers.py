@@ -81,6 +81,9 @@ def event(user: str, ts: int, kind: str = "click", value: float = 0.0,
             **extra}
 
 
+FAR_FUTURE_MS = 10**13
+
+
 def stream_of(*steps: Any) -> TestStream:
     """A TestStream from steps: an event dict, or an int (advance the watermark to ms)."""
     ts = TestStream()
@@ -89,7 +92,10 @@ def stream_of(*steps: Any) -> TestStream:
             ts = ts.advance_watermark_to(Timestamp(micros=step * 1000))
         else:
             ts = ts.add_elements([_timestamped(step)])
-    return ts.advance_watermark_to_infinity()
+    # The streaming DirectRunner stops at an infinite watermark without firing
+    # pending timers; a far-future watermark first flushes them, as Flink does.
+    return ts.advance_watermark_to(Timestamp(micros=FAR_FUTURE_MS * 1000)
+                                   ).advance_watermark_to_infinity()
 
 
 def finals(updates: list[Any], feature: str | None = None) -> list[Any]:

@@ -19,6 +19,7 @@ from apache_beam import pvalue
 from apache_beam.coders import FastPrimitivesCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
 
 from transforms.late import LATE, LateEvent, set_event_timer, to_ms, too_late
 from transforms.model import CLICKS_IN_SESSION, SESSION_DURATION_S, USER, FeatureUpdate
@@ -54,10 +55,13 @@ class _SessionFn(beam.DoFn):
                 fire=beam.DoFn.TimerParam(FIRE)) -> Iterator[Any]:
         key, event = kv
         ts = event[self._time_field]
-        st = state.read() or {"s": [], "clock": None}
+        st = state.read() or {"s": [], "clock": None, "horizon": None}
         clock = st["clock"]
-        # The event's own proto-session [ts, ts + gap) decides lateness, as in Beam.
-        if clock is not None and too_late(ts + self._gap - 1, self._lateness, clock):
+        # The event's own proto-session [ts, ts + gap) decides lateness, as in Beam;
+        # and an event that would merge into a session already dropped from state
+        # (before its horizon) is too late too, or it would open a wrong new one.
+        if clock is not None and (too_late(ts + self._gap - 1, self._lateness, clock)
+                                  or ts < st["horizon"]):
             self._late.inc()
             yield pvalue.TaggedOutput(LATE, LateEvent("session", event, clock))
             return
@@ -92,6 +96,7 @@ class _SessionFn(beam.DoFn):
             return
         now = to_ms(fired)
         st["clock"] = now if st["clock"] is None else max(st["clock"], now)
+        horizon = st.get("horizon") or to_ms(MIN_TIMESTAMP)
         kept = []
         # Timers of merged-away sessions still fire; the checks below make them no-ops.
         for s in sorted(st["s"], key=lambda s: s[_LAST]):
@@ -101,7 +106,10 @@ class _SessionFn(beam.DoFn):
                 yield from self._updates(key, s, final=True)
             if close_at + self._lateness > now:
                 kept.append(s)
+            else:
+                horizon = max(horizon, close_at)
         st["s"] = kept
+        st["horizon"] = horizon
         state.write(st)
 
 

@@ -118,6 +118,8 @@ class RedisWriter:
         self.config = config
         self._client = client or config.client()
         self._retryable = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+        # redis-py makes a wrong password a ConnectionError; retrying cannot fix it.
+        self._fatal = (redis.AuthenticationError, redis.exceptions.AuthorizationError)
         self._noscript = redis.exceptions.NoScriptError
         self._sha: dict[str, str] = {}
         self.retries = 0
@@ -138,6 +140,8 @@ class RedisWriter:
                 if not self._sha:
                     self._load_scripts()
                 return self._write_once(vectors)
+            except self._fatal:
+                raise
             except self._noscript:
                 # Redis restarted and lost its script cache: load and resend.
                 self._sha = {}

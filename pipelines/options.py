@@ -43,6 +43,9 @@ class FeatureOptions(PipelineOptions):
 
         feat = parser.add_argument_group("features")
         feat.add_argument("--allowed_lateness_ms", type=int, default=60_000)
+        feat.add_argument("--max_out_of_orderness_ms", type=int, default=10_000,
+                          help="bounded out-of-orderness: features treat the watermark "
+                               "as this much earlier (Kafka's CreateTime watermark has none)")
         feat.add_argument("--state_ttl_s", type=float, default=None,
                           help="clear lifetime state of keys idle this long (event time)")
         feat.add_argument("--tile_ms", type=int, default=1_000,

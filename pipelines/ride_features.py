@@ -32,11 +32,13 @@ def ride_features(events: beam.PCollection, options: FeatureOptions
     ttl_ms = int(options.state_ttl_s * 1000) if options.state_ttl_s else None
     counts = (keyed
               | "OnlyRideEnds" >> beam.Filter(lambda kv: kv[1]["eventType"] == "END")
-              | "RideCounts" >> LifetimeCounts(LIFETIME_RIDES, RIDES_PER_CITY, "cityId",
-                                               ttl_ms=ttl_ms))
+              | "RideCounts" >> LifetimeCounts(
+                  LIFETIME_RIDES, RIDES_PER_CITY, "cityId", ttl_ms=ttl_ms,
+                  watermark_delay_ms=options.max_out_of_orderness_ms))
     amounts = keyed | "AmountSum60s" >> SlidingSum(
         AMOUNT_SUM_60S, "amount", window_ms=SLIDING_WINDOW_MS, tile_ms=options.tile_ms,
-        allowed_lateness_ms=options.allowed_lateness_ms)
+        allowed_lateness_ms=options.allowed_lateness_ms,
+        watermark_delay_ms=options.max_out_of_orderness_ms)
     return [counts, amounts["updates"]], [amounts[LATE]]
 
 

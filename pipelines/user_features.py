@@ -35,9 +35,11 @@ def user_features(events: beam.PCollection, options: FeatureOptions
            | "TxnTotal5m" >> TumblingSum(
                TXN_TOTAL_5M, "eventValue", size_ms=WINDOW_MS,
                allowed_lateness_ms=options.allowed_lateness_ms,
+               watermark_delay_ms=options.max_out_of_orderness_ms,
                early_firings=not options.no_early_firings))
     sessions = keyed | "Sessions" >> SessionFeatures(
-        gap_ms=SESSION_GAP_MS, allowed_lateness_ms=options.allowed_lateness_ms)
+        gap_ms=SESSION_GAP_MS, allowed_lateness_ms=options.allowed_lateness_ms,
+        watermark_delay_ms=options.max_out_of_orderness_ms)
     return [txn["updates"], sessions["updates"]], [txn[LATE], sessions[LATE]]
 
 

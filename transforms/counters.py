@@ -20,9 +20,8 @@ from apache_beam.transforms.userstate import (
     TimerSpec,
     on_timer,
 )
-from apache_beam.utils.timestamp import Timestamp
 
-from transforms.late import MAX_TIMER_MS, to_ms
+from transforms.late import EventClock
 from transforms.model import USER, FeatureUpdate
 from transforms.ttl import IdleTtl
 
@@ -35,7 +34,8 @@ class _CountsFn(beam.DoFn):
     TTL = TimerSpec("counts_ttl", beam.TimeDomain.WATERMARK)
 
     def __init__(self, total_feature: str, category_feature: str, category_field: str,
-                 ttl: IdleTtl, time_field: str, entity_type: str) -> None:
+                 ttl: IdleTtl, time_field: str, entity_type: str, clock: EventClock) -> None:
+        self._clock = clock
         self._total_feature = total_feature
         self._category_feature = category_feature
         self._category_field = category_field
@@ -66,8 +66,8 @@ class _CountsFn(beam.DoFn):
             meta["max_ts"] = ts
             # One timer per key at the newest event: when the watermark passes it,
             # every event up to as_of has been counted and the value is final.
-            final_timer.set(Timestamp(micros=min(ts + 1, MAX_TIMER_MS) * 1000))
-            self._ttl.touch(ttl_timer, ts)
+            self._clock.set_static(final_timer, ts + 1)
+            self._ttl.touch(ttl_timer, ts, self._clock)
         clock = meta["clock"]
         meta_state.write(meta)
         # A count is correct for as_of = max_ts once the watermark passed max_ts.
@@ -81,7 +81,7 @@ class _CountsFn(beam.DoFn):
         meta = meta_state.read()
         if meta is None:
             return
-        now = to_ms(fired)
+        now = self._clock.now(fired)
         meta["clock"] = now if meta["clock"] is None else max(meta["clock"], now)
         meta_state.write(meta)
         if meta["max_ts"] < now:
@@ -92,7 +92,7 @@ class _CountsFn(beam.DoFn):
                 total=beam.DoFn.StateParam(TOTAL),
                 meta_state=beam.DoFn.StateParam(META)) -> Iterator[FeatureUpdate]:
         meta = meta_state.read()
-        if meta is None or not self._ttl.expired(meta["max_ts"], to_ms(fired)):
+        if meta is None or not self._ttl.expired(meta["max_ts"], self._clock.now(fired)):
             return
         if meta["clock"] is None or meta["max_ts"] >= meta["clock"]:
             # The FINAL timer may not have fired yet (timers of a bounded input
@@ -118,14 +118,16 @@ class LifetimeCounts(beam.PTransform):
         category_field: event field holding the category.
         ttl_ms: clear the state of keys idle this long (event time); ``None``
             keeps lifetime state forever.
+        watermark_delay_ms: bounded out-of-orderness (see ``late.EventClock``).
     """
 
     def __init__(self, total_feature: str, category_feature: str, category_field: str,
                  ttl_ms: int | None = None, time_field: str = "eventTimestamp",
-                 entity_type: str = USER) -> None:
+                 entity_type: str = USER, watermark_delay_ms: int = 0) -> None:
         super().__init__()
         self._fn = _CountsFn(total_feature, category_feature, category_field,
-                             IdleTtl(ttl_ms), time_field, entity_type)
+                             IdleTtl(ttl_ms), time_field, entity_type,
+                             EventClock(watermark_delay_ms))
 
     def expand(self, keyed: beam.PCollection) -> beam.PCollection:
         return keyed | "Count" >> beam.ParDo(self._fn).with_input_types(

@@ -76,13 +76,46 @@ def set_event_timer(timer: Any, at_ms: int) -> None:
     timer.set(Timestamp(micros=at_ms * 1000), dynamic_timer_tag=str(at_ms))
 
 
+class EventClock:
+    """Event-time timers against a watermark held back by a bounded out-of-orderness.
+
+    Kafka's CreateTime policy (as Beam's cross-language ReadFromKafka sets it)
+    advances the watermark to the newest record time with no delay. A stateful
+    transform given ``delay_ms`` treats the watermark as ``W - delay_ms``: its
+    timers fire ``delay_ms`` later and its clock reads that much earlier, so
+    events up to ``delay_ms`` out of order are on time, not late repairs.
+
+    Args:
+        delay_ms: the bounded out-of-orderness; 0 uses the watermark as it is.
+    """
+
+    def __init__(self, delay_ms: int = 0) -> None:
+        if delay_ms < 0:
+            raise ValueError("delay_ms must be >= 0")
+        self.delay_ms = delay_ms
+
+    def set(self, timer: Any, at_ms: int) -> None:
+        """A dynamic timer firing when the effective watermark reaches ``at_ms``."""
+        set_event_timer(timer, at_ms + self.delay_ms)
+
+    def set_static(self, timer: Any, at_ms: int) -> None:
+        """The (single) timer of its spec, at effective time ``at_ms``."""
+        timer.set(Timestamp(micros=min(at_ms + self.delay_ms, MAX_TIMER_MS) * 1000))
+
+    def now(self, fired: Timestamp) -> int:
+        """The effective watermark a firing at ``fired`` proves (epoch ms)."""
+        return to_ms(fired) - self.delay_ms
+
+
 class _RouteLateFn(beam.DoFn):
     """Per key: passes events on, or routes those later than the known watermark."""
 
     CLOCK = ReadModifyWriteStateSpec("clock", VarIntCoder())
     TICK = TimerSpec("late_tick", beam.TimeDomain.WATERMARK)
 
-    def __init__(self, feature: str, allowed_lateness_ms: int, time_field: str) -> None:
+    def __init__(self, feature: str, allowed_lateness_ms: int, time_field: str,
+                 clock: EventClock) -> None:
+        self._clock = clock
         self._feature = feature
         self._lateness = allowed_lateness_ms
         self._time_field = time_field
@@ -100,12 +133,13 @@ class _RouteLateFn(beam.DoFn):
             return
         # Learn when the watermark passes this event: its firing moves the clock.
         # One timer per key and second bounds the timers a busy key keeps.
-        set_event_timer(tick, (ts // 1000 + 1) * 1000)
+        self._clock.set(tick, (ts // 1000 + 1) * 1000)
         yield kv
 
     @on_timer(TICK)
     def _tick(self, fired=beam.DoFn.TimestampParam, clock=beam.DoFn.StateParam(CLOCK)) -> None:
-        clock.write(max(clock.read() or to_ms(fired), to_ms(fired)))
+        now = self._clock.now(fired)
+        clock.write(max(clock.read() or now, now))
 
 
 class RouteLateEvents(beam.PTransform):
@@ -117,9 +151,10 @@ class RouteLateEvents(beam.PTransform):
     """
 
     def __init__(self, feature: str, allowed_lateness_ms: int = 0,
-                 time_field: str = "eventTimestamp") -> None:
+                 time_field: str = "eventTimestamp", watermark_delay_ms: int = 0) -> None:
         super().__init__()
-        self._fn = _RouteLateFn(feature, allowed_lateness_ms, time_field)
+        self._fn = _RouteLateFn(feature, allowed_lateness_ms, time_field,
+                                EventClock(watermark_delay_ms))
 
     def expand(self, keyed: beam.PCollection) -> pvalue.DoOutputsTuple:
         return keyed | "RouteLate" >> beam.ParDo(self._fn).with_input_types(

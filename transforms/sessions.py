@@ -21,7 +21,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 
-from transforms.late import LATE, LateEvent, set_event_timer, to_ms, too_late
+from transforms.late import LATE, EventClock, LateEvent, to_ms, too_late
 from transforms.model import CLICKS_IN_SESSION, SESSION_DURATION_S, USER, FeatureUpdate
 
 # A session in state: [first_ts, last_ts, clicks, final_emitted]
@@ -33,7 +33,8 @@ class _SessionFn(beam.DoFn):
     FIRE = TimerSpec("session_fire", beam.TimeDomain.WATERMARK)
 
     def __init__(self, gap_ms: int, lateness_ms: int, click_type: str, time_field: str,
-                 type_field: str, entity_type: str) -> None:
+                 type_field: str, entity_type: str, clock: EventClock) -> None:
+        self._clock = clock
         self._gap = gap_ms
         self._lateness = lateness_ms
         self._click_type = click_type
@@ -81,9 +82,9 @@ class _SessionFn(beam.DoFn):
             merged[_FINAL] = True
             yield from self._updates(key, merged, final=True)
         else:
-            set_event_timer(fire, close_at)
+            self._clock.set(fire, close_at)
             yield from self._updates(key, merged, final=False)
-        set_event_timer(fire, close_at + self._lateness)
+        self._clock.set(fire, close_at + self._lateness)
         kept.append(merged)
         st["s"] = kept
         state.write(st)
@@ -94,7 +95,7 @@ class _SessionFn(beam.DoFn):
         st = state.read()
         if st is None:
             return
-        now = to_ms(fired)
+        now = self._clock.now(fired)
         st["clock"] = now if st["clock"] is None else max(st["clock"], now)
         horizon = st.get("horizon") or to_ms(MIN_TIMESTAMP)
         kept = []
@@ -125,16 +126,18 @@ class SessionFeatures(beam.PTransform):
         gap_ms: inactivity gap that ends a session (gaps must be strictly smaller).
         allowed_lateness_ms: how long a closed session still takes late events.
         click_type: the ``eventType`` counted as a click.
+        watermark_delay_ms: bounded out-of-orderness (see ``late.EventClock``).
     """
 
     def __init__(self, gap_ms: int = 900_000, allowed_lateness_ms: int = 60_000,
                  click_type: str = "click", time_field: str = "eventTimestamp",
-                 type_field: str = "eventType", entity_type: str = USER) -> None:
+                 type_field: str = "eventType", entity_type: str = USER,
+                 watermark_delay_ms: int = 0) -> None:
         super().__init__()
         if gap_ms <= 0 or allowed_lateness_ms < 0:
             raise ValueError("gap_ms must be > 0 and allowed_lateness_ms >= 0")
         self._fn = _SessionFn(gap_ms, allowed_lateness_ms, click_type, time_field,
-                              type_field, entity_type)
+                              type_field, entity_type, EventClock(watermark_delay_ms))
 
     def expand(self, keyed: beam.PCollection) -> pvalue.DoOutputsTuple:
         return keyed | "Sessions" >> beam.ParDo(self._fn).with_input_types(

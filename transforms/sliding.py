@@ -31,7 +31,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 
 from transforms import exact
-from transforms.late import LATE, LateEvent, set_event_timer, to_ms, too_late
+from transforms.late import LATE, EventClock, LateEvent, too_late
 from transforms.model import USER, FeatureUpdate
 
 
@@ -41,7 +41,8 @@ class _SlidingSumFn(beam.DoFn):
     FIRE = TimerSpec("sliding_fire", beam.TimeDomain.WATERMARK)
 
     def __init__(self, feature: str, value_field: str, window_ms: int, tile_ms: int,
-                 lateness_ms: int, time_field: str, entity_type: str) -> None:
+                 lateness_ms: int, time_field: str, entity_type: str, clock: EventClock) -> None:
+        self._clock = clock
         self._feature = feature
         self._value_field = value_field
         self._window = window_ms
@@ -96,7 +97,7 @@ class _SlidingSumFn(beam.DoFn):
                 yield self._update(key, tiles, point, final=True)
             elif point not in pending:
                 pending.add(point)
-                set_event_timer(fire, point + 1)
+                self._clock.set(fire, point + 1)
         if clock is None or self._point(tile) >= clock:
             yield self._update(key, tiles, self._point(tile), final=False)
         st["p"] = sorted(pending)
@@ -108,7 +109,7 @@ class _SlidingSumFn(beam.DoFn):
         st = state.read()
         if st is None:
             return
-        now = to_ms(fired)
+        now = self._clock.now(fired)
         clock = st["clock"] = now if st["clock"] is None else max(st["clock"], now)
         tiles = st["t"]
         # Timers may fire out of order: publish every due point, oldest first.
@@ -142,18 +143,21 @@ class SlidingSum(beam.PTransform):
             finer-grained ``as_of`` points and keep more state.
         allowed_lateness_ms: how far behind the watermark an event may be and
             still repair the values it belongs to.
+        watermark_delay_ms: bounded out-of-orderness (see ``late.EventClock``).
     """
 
     def __init__(self, feature: str, value_field: str, window_ms: int = 60_000,
                  tile_ms: int = 1_000, allowed_lateness_ms: int = 60_000,
-                 time_field: str = "eventTimestamp", entity_type: str = USER) -> None:
+                 time_field: str = "eventTimestamp", entity_type: str = USER,
+                 watermark_delay_ms: int = 0) -> None:
         super().__init__()
         if tile_ms <= 0 or window_ms <= 0 or window_ms % tile_ms:
             raise ValueError("tile_ms must be > 0 and divide window_ms")
         if allowed_lateness_ms < 0:
             raise ValueError("allowed_lateness_ms must be >= 0")
         self._fn = _SlidingSumFn(feature, value_field, window_ms, tile_ms,
-                                 allowed_lateness_ms, time_field, entity_type)
+                                 allowed_lateness_ms, time_field, entity_type,
+                                 EventClock(watermark_delay_ms))
 
     def expand(self, keyed: beam.PCollection) -> pvalue.DoOutputsTuple:
         return keyed | "SlidingSum" >> beam.ParDo(self._fn).with_input_types(

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from apache_beam.utils.timestamp import Timestamp
-
-from transforms.late import MAX_TIMER_MS
+from transforms.late import EventClock
 
 
 class IdleTtl:
@@ -28,11 +26,10 @@ class IdleTtl:
             raise ValueError("ttl_ms must be >= 0")
         self.ttl_ms = ttl_ms or None
 
-    def touch(self, timer: Any, last_event_ms: int) -> None:
+    def touch(self, timer: Any, last_event_ms: int, clock: EventClock) -> None:
         """Pushes the key's expiry to ``last_event_ms + ttl`` (a no-op without TTL)."""
         if self.ttl_ms is not None:
-            at = min(last_event_ms + self.ttl_ms, MAX_TIMER_MS)
-            timer.set(Timestamp(micros=at * 1000))
+            clock.set_static(timer, last_event_ms + self.ttl_ms)
 
     def expired(self, last_event_ms: int | None, fired_ms: int) -> bool:
         """Whether a TTL timer firing at ``fired_ms`` finds the key idle."""

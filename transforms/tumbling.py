@@ -21,7 +21,7 @@ from apache_beam.transforms.window import FixedWindows
 from apache_beam.utils.timestamp import Timestamp
 
 from transforms import exact
-from transforms.late import LATE, LateEvent, set_event_timer, to_ms, too_late
+from transforms.late import LATE, EventClock, LateEvent, to_ms, too_late
 from transforms.model import USER, FeatureUpdate
 
 
@@ -32,7 +32,8 @@ class _TumblingSumFn(beam.DoFn):
     FIRE = TimerSpec("tumbling_fire", beam.TimeDomain.WATERMARK)
 
     def __init__(self, feature: str, value_field: str, size_ms: int, lateness_ms: int,
-                 early_firings: bool, time_field: str, entity_type: str) -> None:
+                 early_firings: bool, time_field: str, entity_type: str, clock: EventClock) -> None:
+        self._clock = clock
         self._feature = feature
         self._value_field = value_field
         self._size = size_ms
@@ -74,10 +75,10 @@ class _TumblingSumFn(beam.DoFn):
             window[0] = True
             yield self._update(key, start, window[1], final=True)
         else:
-            set_event_timer(fire, end)
+            self._clock.set(fire, end)
             if self._early:
                 yield self._update(key, start, window[1], final=False)
-        set_event_timer(fire, end + self._lateness)
+        self._clock.set(fire, end + self._lateness)
         state.write(st)
 
     @on_timer(FIRE)
@@ -86,7 +87,7 @@ class _TumblingSumFn(beam.DoFn):
         st = state.read()
         if st is None:
             return
-        now = to_ms(fired)
+        now = self._clock.now(fired)
         st["clock"] = now if st["clock"] is None else max(st["clock"], now)
         # Timers may fire out of order (a bounded input fires them all at once):
         # act on every window that is due, not only the one this timer was for.
@@ -117,16 +118,19 @@ class TumblingSum(beam.PTransform):
         allowed_lateness_ms: how long after its end a window still takes data.
         early_firings: emit a speculative value on every event before the
             window closes (freshness).
+        watermark_delay_ms: bounded out-of-orderness (see ``late.EventClock``).
     """
 
     def __init__(self, feature: str, value_field: str, size_ms: int = 300_000,
                  allowed_lateness_ms: int = 60_000, early_firings: bool = True,
-                 time_field: str = "eventTimestamp", entity_type: str = USER) -> None:
+                 time_field: str = "eventTimestamp", entity_type: str = USER,
+                 watermark_delay_ms: int = 0) -> None:
         super().__init__()
         if size_ms <= 0 or allowed_lateness_ms < 0:
             raise ValueError("size_ms must be > 0 and allowed_lateness_ms >= 0")
         self._fn = _TumblingSumFn(feature, value_field, size_ms, allowed_lateness_ms,
-                                  early_firings, time_field, entity_type)
+                                  early_firings, time_field, entity_type,
+                                  EventClock(watermark_delay_ms))
 
     def expand(self, keyed: beam.PCollection) -> pvalue.DoOutputsTuple:
         return keyed | "TumblingSum" >> beam.ParDo(self._fn).with_input_types(

@@ -34,6 +34,15 @@ class TestTumbling:
             (1.0, False), (3.0, False), (3.0, True)]
 
 
+    def test_bounded_out_of_orderness_makes_slightly_late_events_on_time(self):
+        steps = (buy(10_000, 1.0), MIN5 + 1, buy(299_000, 2.0), MIN5 + 10_001)
+        held = run_stream(TumblingSum("t", "eventValue", watermark_delay_ms=10_000),
+                          stream_of(*steps))
+        assert [u.value for u in finals(held["updates"])] == [3.0]
+        plain = run_stream(TumblingSum("t", "eventValue"), stream_of(*steps))
+        assert [u.value for u in finals(plain["updates"])] == [1.0, 3.0]  # final, then repair
+
+
 class TestSessions:
     def test_closes_on_watermark_then_late_merge_repairs_then_too_late(self):
         out = run_stream(SessionFeatures(), stream_of(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -26,10 +27,24 @@ FeatureGraph = Callable[[beam.PCollection, FeatureOptions],
 
 
 def _write_lines(pcoll: beam.PCollection, path: str, label: str) -> None:
-    """Writes JSON lines to exactly ``path`` (one file, no shard suffix)."""
-    (pcoll
-     | f"{label}ToJson" >> beam.Map(lambda r: r.to_json())
-     | f"Write{label}" >> beam.io.WriteToText(path, shard_name_template="", num_shards=1))
+    """Writes JSON lines: to exactly ``path`` for a bounded input, else windowed files.
+
+    An unbounded stream never ends, so it cannot be one file: it becomes files
+    ``<path>-<window>-<shard>`` per minute of event time.
+    """
+    lines = pcoll | f"{label}ToJson" >> beam.Map(lambda r: r.to_json())
+    if pcoll.is_bounded:
+        lines | f"Write{label}" >> beam.io.WriteToText(path, shard_name_template="",
+                                                      num_shards=1)
+        return
+    from apache_beam.io import fileio
+    from apache_beam.transforms.window import FixedWindows
+
+    (lines
+     | f"Window{label}" >> beam.WindowInto(FixedWindows(60))
+     | f"Write{label}" >> fileio.WriteToFiles(
+         path=str(Path(path).parent), shards=1,
+         file_naming=fileio.default_file_naming(Path(path).name, ".jsonl")))
 
 
 class _LogDeadLetters(beam.DoFn):
@@ -57,10 +72,21 @@ def build(pipeline: beam.Pipeline, options: FeatureOptions, schema: EventSchema,
 
     if options.dead_letter:
         _write_lines(decoded[DEAD], options.dead_letter, "DeadLetters")
-    else:
+    if options.dead_letter_topic:
+        from pipelines.kafka_source import WriteLinesToKafka
+
+        decoded[DEAD] | "DeadLettersToKafka" >> WriteLinesToKafka(
+            options, options.dead_letter_topic)
+    if not (options.dead_letter or options.dead_letter_topic):
         decoded[DEAD] | "LogDeadLetters" >> beam.ParDo(_LogDeadLetters())
-    if options.late_output and late:
-        _write_lines(late | "FlattenLate" >> beam.Flatten(), options.late_output, "LateEvents")
+    if late and (options.late_output or options.late_topic):
+        late_events = late | "FlattenLate" >> beam.Flatten()
+        if options.late_output:
+            _write_lines(late_events, options.late_output, "LateEvents")
+        if options.late_topic:
+            from pipelines.kafka_source import WriteLinesToKafka
+
+            late_events | "LateToKafka" >> WriteLinesToKafka(options, options.late_topic)
     if options.feature_log:
         _write_lines(all_updates, options.feature_log, "FeatureLog")
     if options.redis_url:

@@ -18,6 +18,13 @@ class FeatureOptions(PipelineOptions):
         # default localhost:9092); see bootstrap_servers() below.
         src.add_argument("--topic", default=None,
                          help="Kafka topic of events; with --bootstrap_servers reads Kafka")
+        src.add_argument("--expansion_service", default="localhost:8097",
+                         help="host:port of the Java expansion service for KafkaIO")
+        src.add_argument("--consumer_group", default=None,
+                         help="Kafka consumer group (default rtfeatures-<record name>)")
+        src.add_argument("--kafka_config", default=None,
+                         help="extra Kafka client settings, JSON or @file (SASL/SSL); "
+                              "never logged")
         src.add_argument("--max_records", type=int, default=None,
                          help="stop after this many Kafka records (a bounded run)")
         src.add_argument("--schema_registry_url", default=None,
@@ -40,6 +47,10 @@ class FeatureOptions(PipelineOptions):
                          help="file of bad inputs, one JSON line each (payload + reason)")
         out.add_argument("--late_output", default=None,
                          help="file of events too late for a feature, one JSON line each")
+        out.add_argument("--dead_letter_topic", default=None,
+                         help="Kafka topic for dead letters (JSON values)")
+        out.add_argument("--late_topic", default=None,
+                         help="Kafka topic for too-late events (JSON values)")
 
         feat = parser.add_argument_group("features")
         feat.add_argument("--allowed_lateness_ms", type=int, default=60_000)

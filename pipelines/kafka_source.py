@@ -1,0 +1,113 @@
+"""The Kafka read path: ReadFromKafka (Java, cross-language) -> Confluent Avro decode.
+
+Event time is the payload's ``eventTimestamp``: it is what the features are
+defined on, and it survives re-publishing, mirroring and replays that rewrite
+Kafka's record timestamps. The watermark comes from the record's CreateTime,
+which ``pipelines.produce`` sets to the event time; Beam's cross-language
+KafkaIO uses a zero-delay CreateTime policy, so the bounded out-of-orderness
+(``--max_out_of_orderness_ms``, 10 s) is applied by the feature transforms'
+timers (``transforms.late.EventClock``).
+
+Offsets are committed only when a checkpoint finalizes
+(``commit_offset_in_finalize`` with ``enable.auto.commit=false``): Redis has
+accepted the writes before the group's offsets move.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+from apache_beam import pvalue
+
+from pipelines.options import FeatureOptions, bootstrap_servers
+from transforms.decode import DecodeConfluentAvro, EventSchema
+
+
+def kafka_client_config(options: FeatureOptions) -> dict[str, str]:
+    """Extra Kafka client settings (SASL/SSL, ...) from ``--kafka_config``.
+
+    ``--kafka_config`` is a JSON object or ``@path`` to a JSON file. The values
+    (passwords included) go to the Kafka clients only, never to logs.
+    """
+    raw = options.kafka_config
+    if not raw:
+        return {}
+    text = Path(raw[1:]).read_text() if raw.startswith("@") else raw
+    config = json.loads(text)
+    if not isinstance(config, dict):
+        raise ValueError("--kafka_config must be a JSON object")
+    return {str(k): str(v) for k, v in config.items()}
+
+
+def consumer_config(options: FeatureOptions, schema: EventSchema) -> dict[str, str]:
+    """Consumer settings: offsets move with checkpoints only."""
+    return {
+        "bootstrap.servers": bootstrap_servers(options),
+        "group.id": options.consumer_group or f"rtfeatures-{schema.name}",
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": "false",
+        "max.partition.fetch.bytes": str(2 * schema.limits.max_record_bytes),
+        **kafka_client_config(options),
+    }
+
+
+def _read_from_kafka() -> Any:
+    """Beam's ReadFromKafka, or the field-compatible one for the local expansion service."""
+    from runners.kafka_io import ReadFromKafka
+
+    return ReadFromKafka
+
+
+class ReadEventsFromKafka(beam.PTransform):
+    """Events from a Kafka topic; outputs tagged ``events`` and ``dead``.
+
+    Args:
+        options: ``--topic``, ``--bootstrap_servers``, ``--max_records``,
+            ``--expansion_service``, ``--consumer_group``, ``--kafka_config``,
+            ``--schema_registry_url``.
+        schema: the reader schema.
+    """
+
+    def __init__(self, options: FeatureOptions, schema: EventSchema) -> None:
+        super().__init__()
+        self._options = options
+        self._schema = schema
+
+    def expand(self, pbegin: pvalue.PBegin) -> pvalue.DoOutputsTuple:
+        opts = self._options
+        read = _read_from_kafka()
+        records = pbegin | "ReadFromKafka" >> read(
+            consumer_config=consumer_config(opts, self._schema),
+            topics=[opts.topic],
+            expansion_service=opts.expansion_service,
+            max_num_records=opts.max_records,
+            commit_offset_in_finalize=True,
+            timestamp_policy=read.create_time_policy,
+        )
+        values = records | "RecordValues" >> beam.Map(lambda kv: kv[1]).with_output_types(bytes)
+        return values | "DecodeConfluentAvro" >> DecodeConfluentAvro(
+            self._schema, opts.schema_registry_url, source=f"kafka:{opts.topic}")
+
+
+class WriteLinesToKafka(beam.PTransform):
+    """Writes records with a ``to_json()`` to a Kafka topic (dead letters, late events)."""
+
+    def __init__(self, options: FeatureOptions, topic: str) -> None:
+        super().__init__()
+        self._options = options
+        self._topic = topic
+
+    def expand(self, records: beam.PCollection) -> pvalue.PDone:
+        from runners.kafka_io import WriteToKafka
+
+        producer = {"bootstrap.servers": bootstrap_servers(self._options),
+                    **kafka_client_config(self._options)}
+        return (records
+                | "ToKafkaRecord" >> beam.Map(
+                    lambda r: (b"", r.to_json().encode("utf-8"))).with_output_types(
+                        tuple[bytes, bytes])
+                | "WriteToKafka" >> WriteToKafka(producer_config=producer, topic=self._topic,
+                                                 expansion_service=self._options.expansion_service))

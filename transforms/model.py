@@ -55,7 +55,11 @@ class FeatureUpdate(NamedTuple):
     final: bool
 
     def newer_than(self, other: FeatureUpdate) -> bool:
-        """Whether this update may replace ``other`` (the sink's guard rule)."""
+        """Whether this update may replace ``other`` (the sink's guard rule).
+
+        Of two updates with one ``as_of``, the later one wins unless it would
+        turn a final value back into a speculative one.
+        """
         if self.as_of_ms != other.as_of_ms:
             return self.as_of_ms > other.as_of_ms
         return self.final or not other.final

@@ -123,3 +123,15 @@ def test_dead_letters_counted_without_dead_letter_file(tmp_path):
     summary = run_pipeline("pipelines.ride_features", tmp_path, path, None)
     assert summary["decode.dead_letters"] == 4
     assert summary["decode.events_valid"] == 50
+
+
+def test_replaying_into_a_filled_redis_changes_nothing(redis_db, ride_stream, tmp_path):
+    path, _ = ride_stream
+    run_pipeline("pipelines.ride_features", tmp_path, path, redis_db.url)
+    client = redis_db.client()
+    before = {k: client.hgetall(k) for k in client.scan_iter("features:user:*")}
+    again = run_pipeline("pipelines.ride_features", tmp_path, path, redis_db.url)
+    after = {k: client.hgetall(k) for k in client.scan_iter("features:user:*")}
+    assert after == before  # updated_at included: not one field rewritten
+    assert again["redis_sink.fields_written"] == 0
+    assert again["redis_sink.guard_rejections"] > 0

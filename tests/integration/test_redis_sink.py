@@ -156,3 +156,14 @@ def test_password_works_and_never_shows(caplog):
                 [vec("u", ("lifetime_rides", 1, 1, True))])
         assert secret not in str(err.value)
     assert secret not in caplog.text
+
+
+def test_identical_rewrite_is_a_no_op(redis_db):
+    w = writer(redis_db, layout="both")
+    batch = [vec("u", ("txn_total_5m", 2.5, 300_000, True), ("lifetime_rides", 3, 9, False))]
+    assert w.write(batch) == 0
+    client = redis_db.client()
+    before = (client.hgetall("features:user:u"), client.hget("user_features", "u"))
+    time.sleep(0.01)
+    assert w.write(batch) == 4  # every field of both layouts left alone
+    assert (client.hgetall("features:user:u"), client.hget("user_features", "u")) == before

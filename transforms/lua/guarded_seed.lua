@@ -2,7 +2,7 @@
 -- KEYS[1]: the shared hash, e.g. user_features
 -- ARGV[1]: entity id; then groups of 4: field, value (a JSON literal), as_of_ms, final.
 -- The JSON document holds the features plus "_meta": {field: {"as_of": "...", "final": "1"}}.
--- Same guard rule as guarded_hset.lua. Returns the number of fields rejected.
+-- Same guard rule as guarded_hset.lua. Returns the number of fields not written.
 
 local function greater(a, b)
   local neg_a, neg_b = a:sub(1, 1) == '-', b:sub(1, 1) == '-'
@@ -40,10 +40,18 @@ local rejected = 0
 for i = 2, #ARGV, 4 do
   local field, value, as_of, final = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local stored = meta[field]
-  local accept = (not stored) or greater(as_of, stored['as_of'])
-    or (as_of == stored['as_of'] and (final == '1' or stored['final'] ~= '1'))
+  local decoded = cjson.decode(value)
+  local accept
+  if not stored or greater(as_of, stored['as_of']) then
+    accept = true
+  elseif as_of == stored['as_of'] then
+    accept = not (stored['final'] == '1' and final ~= '1')
+      and (final ~= stored['final'] or encode(decoded) ~= encode(doc[field]))
+  else
+    accept = false
+  end
   if accept then
-    doc[field] = cjson.decode(value)
+    doc[field] = decoded
     meta[field] = {as_of = as_of, final = final}
   else
     rejected = rejected + 1

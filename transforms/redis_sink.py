@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,7 +131,8 @@ class RedisWriter:
                      for name, text in (("hash", GUARDED_HSET), ("seed", GUARDED_SEED))}
 
     def write(self, vectors: list[FeatureVector]) -> int:
-        """Writes ``vectors``; returns the number of fields the guard rejected."""
+        """Writes ``vectors``; returns the number of fields the guard left alone
+        (counted per layout written)."""
         deadline = time.monotonic() + self.config.max_retry_s
         delay = 0.05
         while True:
@@ -208,7 +208,8 @@ class _RedisSinkFn(beam.DoFn):
         self._batches.inc()
         self._batch_size.update(len(self._buffer))
         self._writes.inc(len(self._buffer))
-        fields = sum(len(v.updates) for v in self._buffer)
+        layouts = 2 if self._config.layout == "both" else 1
+        fields = layouts * sum(len(v.updates) for v in self._buffer)
         self._fields.inc(fields - rejected)
         self._rejections.inc(rejected)
         self._retries.inc(self._writer.retries - retries_before)
@@ -237,14 +238,3 @@ class WriteToRedis(beam.PTransform):
         vectors | "GuardedWrite" >> beam.ParDo(_RedisSinkFn(self._config))
         return beam.pvalue.PDone(vectors.pipeline)
 
-
-def iter_batches(items: Iterable[Any], size: int) -> Iterable[list[Any]]:
-    """Splits ``items`` into lists of at most ``size``."""
-    batch: list[Any] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch

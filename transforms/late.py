@@ -106,6 +106,14 @@ class EventClock:
         """The effective watermark a firing at ``fired`` proves (epoch ms)."""
         return to_ms(fired) - self.delay_ms
 
+    def tick(self, state: dict[str, Any], fired: Timestamp) -> int:
+        """On a timer firing: moves ``state["clock"]`` (the key's known
+        watermark) forward and returns the effective watermark of this firing."""
+        now = self.now(fired)
+        known = state.get("clock")
+        state["clock"] = now if known is None else max(known, now)
+        return now
+
 
 class _RouteLateFn(beam.DoFn):
     """Per key: passes events on, or routes those later than the known watermark."""

@@ -25,8 +25,9 @@ from transforms.model import FeatureVector, encode_value
 
 _LOG = logging.getLogger(__name__)
 _LUA_DIR = Path(__file__).resolve().parent / "lua"
-GUARDED_HSET = (_LUA_DIR / "guarded_hset.lua").read_text()
-GUARDED_SEED = (_LUA_DIR / "guarded_seed.lua").read_text()
+_COMMON_LUA = (_LUA_DIR / "common.lua").read_text()
+GUARDED_HSET = _COMMON_LUA + (_LUA_DIR / "guarded_hset.lua").read_text()
+GUARDED_SEED = _COMMON_LUA + (_LUA_DIR / "guarded_seed.lua").read_text()
 
 LAYOUTS = ("hash", "seed", "both")
 

@@ -95,8 +95,7 @@ class _SessionFn(beam.DoFn):
         st = state.read()
         if st is None:
             return
-        now = self._clock.now(fired)
-        st["clock"] = now if st["clock"] is None else max(st["clock"], now)
+        now = self._clock.tick(st, fired)
         horizon = st.get("horizon") or to_ms(MIN_TIMESTAMP)
         kept = []
         # Timers of merged-away sessions still fire; the checks below make them no-ops.

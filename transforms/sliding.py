@@ -109,8 +109,8 @@ class _SlidingSumFn(beam.DoFn):
         st = state.read()
         if st is None:
             return
-        now = self._clock.now(fired)
-        clock = st["clock"] = now if st["clock"] is None else max(st["clock"], now)
+        now = self._clock.tick(st, fired)
+        clock = st["clock"]
         tiles = st["t"]
         # Timers may fire out of order: publish every due point, oldest first.
         due = [p for p in st["p"] if p < now]

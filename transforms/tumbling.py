@@ -87,8 +87,7 @@ class _TumblingSumFn(beam.DoFn):
         st = state.read()
         if st is None:
             return
-        now = self._clock.now(fired)
-        st["clock"] = now if st["clock"] is None else max(st["clock"], now)
+        now = self._clock.tick(st, fired)
         # Timers may fire out of order (a bounded input fires them all at once):
         # act on every window that is due, not only the one this timer was for.
         for start in sorted(st["w"]):

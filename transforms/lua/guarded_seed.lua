@@ -4,17 +4,7 @@
 -- The JSON document holds the features plus "_meta": {field: {"as_of": "...", "final": "1"}}.
 -- Same guard rule as guarded_hset.lua. Returns the number of fields not written.
 
-local function greater(a, b)
-  local neg_a, neg_b = a:sub(1, 1) == '-', b:sub(1, 1) == '-'
-  if neg_a ~= neg_b then return neg_b end
-  local da = neg_a and a:sub(2) or a
-  local db = neg_b and b:sub(2) or b
-  if da == db then return false end
-  local bigger
-  if #da ~= #db then bigger = #da > #db else bigger = da > db end
-  if neg_a then return not bigger end
-  return bigger
-end
+-- greater(a, b) comes from common.lua.
 
 -- cjson.encode keeps 14 significant digits; %.17g round-trips every double.
 local function encode(v)

@@ -18,5 +18,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout>=2", "hypothesis>=6", "ruff>=0.6"],
+        # benchmarks/ (make bench): plots; profiles use the stdlib's cProfile.
+        "bench": ["matplotlib>=3.8,<4"],
     },
 )

@@ -1,0 +1,67 @@
+"""The sections of issue 5, in report order, and the module that measures each.
+
+A section whose ``module`` is ``None`` has no benchmark in this tree yet: the
+report says "not run" for it until a module exists and has written its
+results file. To add one (the Flink end-to-end run, the RocksDB checkpoints),
+write a module with ``NAME``, ``TITLE``, ``run(mode) -> dict``,
+``headline(data)`` and ``print_summary(data)``, name it here, and give
+``report.RENDERERS`` a table for it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+
+
+@dataclass(frozen=True)
+class Section:
+    """One section of BENCHMARKS.md.
+
+    Attributes:
+        name: short name: ``--sections`` value and results file name.
+        part: the part of issue 5 it answers.
+        title: heading in BENCHMARKS.md.
+        module: dotted module that measures it, or ``None`` if none exists yet.
+        pending: why it is not measured yet (sections without a module).
+    """
+
+    name: str
+    part: str
+    title: str
+    module: str | None = None
+    pending: str | None = None
+
+    def load(self) -> ModuleType:
+        if self.module is None:
+            raise LookupError(f"section {self.name!r} has no benchmark yet: {self.pending}")
+        return importlib.import_module(self.module)
+
+    def doc(self) -> str | None:
+        """The measuring module's docstring, without its title line (the method)."""
+        if self.module is None:
+            return None
+        text = (self.load().__doc__ or "").strip()
+        return text.split("\n", 1)[1].strip() if "\n" in text else None
+
+
+_FLINK = ("Needs the local Flink/Kafka services (runners/services.py), which this "
+          "benchmark does not drive yet")
+
+SECTIONS = (
+    Section("transform", "1", "Transform cost: DirectRunner vs a plain-Python loop",
+            "benchmarks.transform"),
+    Section("sink", "2", "Sink: Redis feature writes/s vs a raw redis-py loop",
+            "benchmarks.sink"),
+    Section("e2e", "3", "End to end on Flink: sustained events/s and freshness",
+            pending=_FLINK),
+    Section("state", "4a", "State: sliding-window state per key vs event rate",
+            "benchmarks.state"),
+    Section("rocksdb", "4b", "State: RocksDB checkpoint size and duration for 100k keys",
+            pending=_FLINK),
+    Section("serving", "5", "Serving: lookup latency for 1 and 100 entities",
+            "benchmarks.serving"),
+)
+
+BY_NAME = {s.name: s for s in SECTIONS}

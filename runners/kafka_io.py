@@ -28,7 +28,7 @@ __all__ = ["ReadFromKafka", "WriteToKafka", "BYTE_ARRAY_DESERIALIZER"]
 
 BYTE_ARRAY_DESERIALIZER = "org.apache.kafka.common.serialization.ByteArrayDeserializer"
 
-ReadFromKafkaSchema262 = typing.NamedTuple(
+ReadFromKafkaSchema262 = typing.NamedTuple(  # noqa: UP014 (same shape as apache_beam.io.kafka)
     "ReadFromKafkaSchema262",
     [
         ("consumer_config", typing.Mapping[str, str]),
@@ -89,8 +89,14 @@ class ReadFromKafka(ExternalTransform):
         redistribute_num_keys: int = 0,
         allow_duplicates: bool = False,
     ) -> None:
-        if timestamp_policy not in (self.processing_time_policy, self.create_time_policy, self.log_append_time):
-            raise ValueError("timestamp_policy should be one of [ProcessingTime, CreateTime, LogAppendTime]")
+        if timestamp_policy not in (
+            self.processing_time_policy,
+            self.create_time_policy,
+            self.log_append_time,
+        ):
+            raise ValueError(
+                "timestamp_policy should be one of [ProcessingTime, CreateTime, LogAppendTime]"
+            )
         payload = ReadFromKafkaSchema262(
             consumer_config=dict(consumer_config),
             topics=list(topics),

@@ -381,11 +381,19 @@ def _group_alive(pgid: int) -> bool:
     return False
 
 
-def _spawn(name: str, cmd: Sequence[str], log: Path, env: dict[str, str] | None = None,
-           cwd: Path | None = None) -> subprocess.Popen[bytes]:
+def _spawn(
+    name: str,
+    cmd: Sequence[str],
+    log: Path,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> subprocess.Popen[bytes]:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
-        out.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {name}: {' '.join(cmd)}\n".encode())
+        out.write(
+            f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {name}: "
+            f"{' '.join(cmd)}\n".encode()
+        )
         out.flush()
         return subprocess.Popen(
             list(cmd),
@@ -422,7 +430,9 @@ def _wait_ready(handle: ServiceHandle, probe: Any, timeout: float, what: str) ->
     deadline = t0 + timeout
     while time.monotonic() < deadline:
         if not handle.alive():
-            raise ServiceError(f"{handle.name} exited during startup; see {handle.log}:\n{_tail(handle.log)}")
+            raise ServiceError(
+                f"{handle.name} exited during startup; see {handle.log}:\n{_tail(handle.log)}"
+            )
         try:
             if probe():
                 handle.ready_seconds = round(time.time() - handle.started, 1)
@@ -431,7 +441,10 @@ def _wait_ready(handle: ServiceHandle, probe: Any, timeout: float, what: str) ->
             pass
         time.sleep(0.3)
     stop_process_group(handle.pid)
-    raise ServiceError(f"{handle.name} not ready ({what}) after {timeout:.0f}s; see {handle.log}:\n{_tail(handle.log)}")
+    raise ServiceError(
+        f"{handle.name} not ready ({what}) after {timeout:.0f}s; "
+        f"see {handle.log}:\n{_tail(handle.log)}"
+    )
 
 
 def _tail(path: Path, lines: int = 25) -> str:
@@ -444,8 +457,9 @@ def _tail(path: Path, lines: int = 25) -> str:
 # --------------------------------------------------------------------------- services
 
 
-def start_kafka(port: int, controller_port: int, state_dir: Path, log_dir: Path,
-                timeout: float = 90.0) -> ServiceHandle:
+def start_kafka(
+    port: int, controller_port: int, state_dir: Path, log_dir: Path, timeout: float = 90.0
+) -> ServiceHandle:
     """Single-node KRaft broker+controller; auto topic creation is OFF (use create_topic)."""
     home = state_dir / "kafka"
     data = home / "data"
@@ -488,17 +502,39 @@ def start_kafka(port: int, controller_port: int, state_dir: Path, log_dir: Path,
         "log4j.logger.org.apache.kafka.controller=INFO\n"
     )
     cp = _classpath(kafka_jars_dir())
-    jvm = [java_bin(), f"-Xms{KAFKA_HEAP}", f"-Xmx{KAFKA_HEAP}", "-XX:+UseG1GC",
-           "-Djava.awt.headless=true", f"-Dlog4j.configuration=file:{log4j}", "-cp", cp]
+    jvm = [
+        java_bin(),
+        f"-Xms{KAFKA_HEAP}",
+        f"-Xmx{KAFKA_HEAP}",
+        "-XX:+UseG1GC",
+        "-Djava.awt.headless=true",
+        f"-Dlog4j.configuration=file:{log4j}",
+        "-cp",
+        cp,
+    ]
     log = log_dir / "kafka.log"
     if not (data / "meta.properties").exists():
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
-        fmt = [*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props),
-               "--ignore-formatted"]
+        fmt = [
+            *jvm,
+            "kafka.tools.StorageTool",
+            "format",
+            "-t",
+            cluster_id,
+            "-c",
+            str(props),
+            "--ignore-formatted",
+        ]
         log_dir.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as out:
-            res = subprocess.run(fmt, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 timeout=120, check=False)
+            res = subprocess.run(
+                fmt,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                timeout=120,
+                check=False,
+            )
         if res.returncode != 0:
             raise ServiceError(f"kafka storage format failed; see {log}:\n{_tail(log)}")
     cmd = [*jvm, "kafka.Kafka", str(props)]
@@ -514,9 +550,27 @@ def start_redis(port: int, state_dir: Path, log_dir: Path, timeout: float = 30.0
         raise ServiceError("redis-server not installed; run runners/install_runtime.sh")
     home = state_dir / "redis"
     home.mkdir(parents=True, exist_ok=True)
-    cmd = [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(home), "--save", "",
-           "--appendonly", "no", "--daemonize", "no", "--maxmemory", REDIS_MAXMEMORY,
-           "--maxmemory-policy", "noeviction", "--protected-mode", "yes"]
+    cmd = [
+        exe,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(home),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--daemonize",
+        "no",
+        "--maxmemory",
+        REDIS_MAXMEMORY,
+        "--maxmemory-policy",
+        "noeviction",
+        "--protected-mode",
+        "yes",
+    ]
     log = log_dir / "redis.log"
     proc = _spawn("redis", cmd, log)
     h = ServiceHandle("redis", proc.pid, port, log, cmd)
@@ -562,8 +616,9 @@ def _flink_config(ports: ServicePorts, state_dir: Path) -> str:
     return "".join(f"{k}: {json.dumps(v) if isinstance(v, str) else v}\n" for k, v in conf.items())
 
 
-def start_flink(ports: ServicePorts, state_dir: Path, log_dir: Path,
-                timeout: float = 120.0) -> tuple[ServiceHandle, ServiceHandle]:
+def start_flink(
+    ports: ServicePorts, state_dir: Path, log_dir: Path, timeout: float = 120.0
+) -> tuple[ServiceHandle, ServiceHandle]:
     """Standalone session cluster (1 JobManager + 1 TaskManager with 2 slots), RocksDB default."""
     home = flink_home()
     conf_dir = state_dir / "flink" / "conf"
@@ -588,18 +643,30 @@ def start_flink(ports: ServicePorts, state_dir: Path, log_dir: Path,
     }
     jm_log = log_dir / "flink-jobmanager.log"
     jm_cmd = ["bash", str(home / "bin" / "jobmanager.sh"), "start-foreground"]
-    jm = ServiceHandle("flink-jobmanager", _spawn("flink-jobmanager", jm_cmd, jm_log, env).pid,
-                       ports.flink_rest, jm_log, jm_cmd)
+    jm = ServiceHandle(
+        "flink-jobmanager",
+        _spawn("flink-jobmanager", jm_cmd, jm_log, env).pid,
+        ports.flink_rest,
+        jm_log,
+        jm_cmd,
+    )
     tm_log = log_dir / "flink-taskmanager.log"
     tm_cmd = ["bash", str(home / "bin" / "taskmanager.sh"), "start-foreground"]
-    tm = ServiceHandle("flink-taskmanager", _spawn("flink-taskmanager", tm_cmd, tm_log, env).pid,
-                       ports.flink_rest, tm_log, tm_cmd)
+    tm = ServiceHandle(
+        "flink-taskmanager",
+        _spawn("flink-taskmanager", tm_cmd, tm_log, env).pid,
+        ports.flink_rest,
+        tm_log,
+        tm_cmd,
+    )
 
     def ready() -> bool:
         if not tm.alive():
             raise ServiceError(f"flink taskmanager exited; see {tm_log}:\n{_tail(tm_log)}")
         ov = flink_overview(ports.flink_rest)
-        return bool(ov and ov.get("taskmanagers", 0) >= 1 and ov.get("slots-total", 0) >= FLINK_TM_SLOTS)
+        return bool(
+            ov and ov.get("taskmanagers", 0) >= 1 and ov.get("slots-total", 0) >= FLINK_TM_SLOTS
+        )
 
     try:
         _wait_ready(jm, ready, timeout, "REST /overview with a TaskManager")
@@ -612,27 +679,46 @@ def start_flink(ports: ServicePorts, state_dir: Path, log_dir: Path,
 
 def start_expansion_service(port: int, log_dir: Path, timeout: float = 90.0) -> ServiceHandle:
     """Beam Java expansion service for KafkaIO; Java transforms run EMBEDDED in the TaskManager."""
-    cmd = [java_bin(), "-Xms256m", f"-Xmx{EXPANSION_HEAP}", "-cp", _classpath(beam_jars_dir()),
-           "org.apache.beam.sdk.expansion.service.ExpansionService", str(port),
-           "--defaultEnvironmentType=EMBEDDED", "--experiments=use_deprecated_read"]
+    cmd = [
+        java_bin(),
+        "-Xms256m",
+        f"-Xmx{EXPANSION_HEAP}",
+        "-cp",
+        _classpath(beam_jars_dir()),
+        "org.apache.beam.sdk.expansion.service.ExpansionService",
+        str(port),
+        "--defaultEnvironmentType=EMBEDDED",
+        "--experiments=use_deprecated_read",
+    ]
     log = log_dir / "expansion-service.log"
     h = ServiceHandle("expansion", _spawn("expansion", cmd, log).pid, port, log, cmd)
     return _wait_ready(h, lambda: tcp_open(port), timeout, "gRPC port")
 
 
-def start_job_server(ports: ServicePorts, state_dir: Path, log_dir: Path,
-                     timeout: float = 90.0) -> ServiceHandle:
+def start_job_server(
+    ports: ServicePorts, state_dir: Path, log_dir: Path, timeout: float = 90.0
+) -> ServiceHandle:
     """Beam portable Flink job server, submitting to the standalone cluster."""
     artifacts = state_dir / "jobserver" / "artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
-    cmd = [java_bin(), "-Xms256m", f"-Xmx{JOBSERVER_HEAP}", "-cp", _classpath(beam_jars_dir()),
-           "org.apache.beam.runners.flink.FlinkJobServerDriver",
-           f"--flink-master=localhost:{ports.flink_rest}",
-           f"--job-port={ports.job}", f"--artifact-port={ports.artifact}", "--expansion-port=0",
-           f"--artifacts-dir={artifacts}"]
+    cmd = [
+        java_bin(),
+        "-Xms256m",
+        f"-Xmx{JOBSERVER_HEAP}",
+        "-cp",
+        _classpath(beam_jars_dir()),
+        "org.apache.beam.runners.flink.FlinkJobServerDriver",
+        f"--flink-master=localhost:{ports.flink_rest}",
+        f"--job-port={ports.job}",
+        f"--artifact-port={ports.artifact}",
+        "--expansion-port=0",
+        f"--artifacts-dir={artifacts}",
+    ]
     log = log_dir / "jobserver.log"
     h = ServiceHandle("jobserver", _spawn("jobserver", cmd, log).pid, ports.job, log, cmd)
-    return _wait_ready(h, lambda: tcp_open(ports.job) and tcp_open(ports.artifact), timeout, "job port")
+    return _wait_ready(
+        h, lambda: tcp_open(ports.job) and tcp_open(ports.artifact), timeout, "job port"
+    )
 
 
 # --------------------------------------------------------------------------- the set
@@ -645,8 +731,12 @@ class LocalServices:
     ``state_dir/logs``. ``down()`` stops every service recorded in the pid files.
     """
 
-    def __init__(self, ports: ServicePorts | None = None, state_dir: Path | None = None,
-                 services: Iterable[str] = SERVICE_ORDER) -> None:
+    def __init__(
+        self,
+        ports: ServicePorts | None = None,
+        state_dir: Path | None = None,
+        services: Iterable[str] = SERVICE_ORDER,
+    ) -> None:
         self.state_dir = Path(state_dir) if state_dir else default_state_dir()
         self.ports = ports or self._recorded_ports() or ServicePorts.from_env()
         self.services = [s for s in SERVICE_ORDER if s in set(services)]
@@ -694,7 +784,7 @@ class LocalServices:
     def up(self) -> dict[str, ServiceHandle]:
         """Start the selected services that are not already running; wait for readiness."""
         running = {n: h for n, h in self.recorded().items() if h.alive()}
-        for name, h in self.recorded().items():
+        for name in self.recorded():
             if name not in running:
                 (self.pid_dir / f"{name}.json").unlink(missing_ok=True)
         self.handles.update(running)
@@ -711,8 +801,14 @@ class LocalServices:
                 if name in running:
                     continue
                 if name == "kafka":
-                    self._record(start_kafka(self.ports.kafka, self.ports.kafka_controller,
-                                             self.state_dir, self.log_dir))
+                    self._record(
+                        start_kafka(
+                            self.ports.kafka,
+                            self.ports.kafka_controller,
+                            self.state_dir,
+                            self.log_dir,
+                        )
+                    )
                 elif name == "redis":
                     self._record(start_redis(self.ports.redis, self.state_dir, self.log_dir))
                 elif name == "expansion":
@@ -728,7 +824,14 @@ class LocalServices:
         """Stop everything recorded under state_dir (reverse start order). Returns names stopped."""
         stopped = []
         recorded = {**self.recorded(), **self.handles}
-        order = ["jobserver", "expansion", "flink-taskmanager", "flink-jobmanager", "redis", "kafka"]
+        order = [
+            "jobserver",
+            "expansion",
+            "flink-taskmanager",
+            "flink-jobmanager",
+            "redis",
+            "kafka",
+        ]
         for name in sorted(recorded, key=lambda n: order.index(n) if n in order else -1):
             h = recorded[name]
             if _group_alive(h.pid):
@@ -752,11 +855,25 @@ class LocalServices:
                         probe = {"ping": redis_ping(h.port)}
                     elif name == "flink-jobmanager":
                         ov = flink_overview(h.port) or {}
-                        probe = {k: ov.get(k) for k in ("taskmanagers", "slots-total", "slots-available",
-                                                         "jobs-running", "flink-version")}
+                        probe = {
+                            k: ov.get(k)
+                            for k in (
+                                "taskmanagers",
+                                "slots-total",
+                                "slots-available",
+                                "jobs-running",
+                                "flink-version",
+                            )
+                        }
                     else:
                         probe = {"tcp": tcp_open(h.port)}
-            out[name] = {"pid": h.pid, "port": h.port, "alive": alive, "log": str(h.log), "probe": probe}
+            out[name] = {
+                "pid": h.pid,
+                "port": h.port,
+                "alive": alive,
+                "log": str(h.log),
+                "probe": probe,
+            }
         return out
 
     def create_topic(self, name: str, partitions: int = 1) -> bool:
@@ -806,8 +923,12 @@ def local_services(**kwargs: Any) -> Iterator[LocalServices]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m runners.services", description=__doc__.split("\n")[0])
-    parser.add_argument("--state-dir", type=Path, default=None, help="default: $RTF_SERVICES_DIR or ./.services")
+    parser = argparse.ArgumentParser(
+        prog="python -m runners.services", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--state-dir", type=Path, default=None, help="default: $RTF_SERVICES_DIR or ./.services"
+    )
     sub = parser.add_subparsers(dest="cmd", required=True)
     p_up = sub.add_parser("up", help="start services and wait until ready")
     p_up.add_argument("--only", default=",".join(SERVICE_ORDER), help="comma-separated subset")
@@ -820,7 +941,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.cmd == "up":
-        svc = LocalServices(state_dir=args.state_dir, services=[s for s in args.only.split(",") if s])
+        svc = LocalServices(
+            state_dir=args.state_dir, services=[s for s in args.only.split(",") if s]
+        )
         t0 = time.monotonic()
         try:
             handles = svc.up()
@@ -828,7 +951,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"services up FAILED: {e}", file=sys.stderr)
             return 1
         for name, h in handles.items():
-            ready = f"ready in {h.ready_seconds}s" if h.ready_seconds is not None else "already running"
+            ready = (
+                f"ready in {h.ready_seconds}s" if h.ready_seconds is not None else "already running"
+            )
             print(f"{name:18s} pid={h.pid:<7d} port={h.port:<6d} {ready}  log={h.log}")
         print(f"all up in {time.monotonic() - t0:.1f}s; logs in {svc.log_dir}")
         return 0
@@ -844,7 +969,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         for name, s in st.items():
             state = "UP  " if s["alive"] else "DOWN"
-            print(f"{state} {name:18s} pid={s['pid']:<7d} port={s['port']:<6d} {json.dumps(s['probe'])}")
+            print(
+                f"{state} {name:18s} pid={s['pid']:<7d} port={s['port']:<6d} "
+                f"{json.dumps(s['probe'])}"
+            )
         return 0 if all(s["alive"] for s in st.values()) else 1
     if args.cmd == "env":
         for k, v in svc.env().items():
@@ -852,7 +980,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.cmd == "create-topic":
         created = svc.create_topic(args.name, args.partitions)
-        print(f"topic {args.name}: {'created' if created else 'already exists'} ({args.partitions} partitions)")
+        print(
+            f"topic {args.name}: {'created' if created else 'already exists'} "
+            f"({args.partitions} partitions)"
+        )
         return 0
     return 2
 

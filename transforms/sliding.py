@@ -21,6 +21,7 @@ they touch; later ones go to the ``late`` output.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterator
 from typing import Any
 
@@ -59,11 +60,35 @@ class _SlidingSumFn(beam.DoFn):
         """The as_of published for a tile: its last millisecond."""
         return tile * self._tile + self._tile - 1
 
+    def _window_tiles(self, tiles: dict[int, list[float]], last: int) -> Iterator[int]:
+        """The tiles present in the window ending with tile ``last``."""
+        first = last - self._tiles_per_window + 1
+        if len(tiles) < self._tiles_per_window:
+            return (k for k in tiles if first <= k <= last)
+        return (k for k in range(first, last + 1) if k in tiles)
+
     def _value_at(self, tiles: dict[int, list[float]], point: int) -> float:
         last = (point + 1) // self._tile - 1
-        first = last - self._tiles_per_window + 1
-        return exact.total(x for k, partials in tiles.items() if first <= k <= last
-                           for x in partials)
+        return exact.total(x for k in self._window_tiles(tiles, last) for x in tiles[k])
+
+    @staticmethod
+    def _evict(st: dict[str, Any], last: int) -> None:
+        """Drops tiles up to ``last``; ``st["lo"]``: no tile below it remains.
+
+        Walks whichever is shorter, the index range since the last eviction or
+        the tiles themselves, so a long bounded replay does not rescan every
+        tile on every timer.
+        """
+        tiles, lo = st["t"], st.get("lo")
+        if lo is not None and last < lo:
+            return
+        if lo is None or last - lo + 1 > len(tiles):
+            doomed = [k for k in tiles if k <= last]
+        else:
+            doomed = [k for k in range(lo, last + 1) if k in tiles]
+        for k in doomed:
+            del tiles[k]
+        st["lo"] = last + 1
 
     def _update(self, key: str, tiles: dict[int, list[float]], point: int,
                 final: bool) -> FeatureUpdate:
@@ -89,18 +114,20 @@ class _SlidingSumFn(beam.DoFn):
         if clock is not None and self._point(tile) < clock:
             # Late: every point already published in [ts, ts + window) changed.
             self._repairs.inc()
-            points.update(self._point(k) for k in tiles if tile <= k < tile + n)
-            points.update(self._point(k + n) for k in tiles if tile - n < k < tile)
-        pending = set(st["p"])
+            points.update(self._point(k) for k in self._window_tiles(tiles, tile + n - 1)
+                          if k >= tile)
+            points.update(self._point(k + n) for k in self._window_tiles(tiles, tile - 1))
+        pending = st["p"]  # sorted: membership and due points by bisection
         for point in sorted(points):
             if clock is not None and point < clock:
                 yield self._update(key, tiles, point, final=True)
-            elif point not in pending:
-                pending.add(point)
+                continue
+            at = bisect.bisect_left(pending, point)
+            if at == len(pending) or pending[at] != point:
+                pending.insert(at, point)
                 self._clock.set(fire, point + 1)
         if clock is None or self._point(tile) >= clock:
             yield self._update(key, tiles, self._point(tile), final=False)
-        st["p"] = sorted(pending)
         state.write(st)
 
     @on_timer(FIRE)
@@ -113,19 +140,20 @@ class _SlidingSumFn(beam.DoFn):
         clock = st["clock"]
         tiles = st["t"]
         # Timers may fire out of order: publish every due point, oldest first.
-        due = [p for p in st["p"] if p < now]
-        for point in due:
+        cut = bisect.bisect_left(st["p"], now)
+        if cut == 0 and clock > now:
+            return  # an earlier-processed, later timer already published this point
+        for point in st["p"][:cut]:
             yield self._update(key, tiles, point, final=True)
-        st["p"] = [p for p in st["p"] if p >= now]
+        del st["p"][:cut]
         # Keep the tiles a pending point or a future late repair can still read.
         horizon = min(st["p"][0] if st["p"] else clock, clock - self._lateness) - self._window
-        for k in [k for k in tiles if self._point(k) <= horizon]:
-            del tiles[k]
+        self._evict(st, (horizon + 1) // self._tile - 1)
         self._state_tiles.update(len(tiles))
         if tiles or st["p"]:
             state.write(st)
         else:
-            state.write({"t": {}, "p": [], "clock": clock})
+            state.write({"t": {}, "p": [], "clock": clock, "lo": st["lo"]})
 
 
 class SlidingSum(beam.PTransform):

@@ -1,0 +1,282 @@
+"""FlinkRunner presets: a few high-level settings -> Beam pipeline arguments.
+
+The Python SDK (2.77) talks to the Beam Flink job server started by
+``runners.services`` (Beam Java 2.62, Flink 1.19) through ``--job_endpoint``;
+the job server submits to the standalone Flink cluster at ``--flink_master``.
+Options that only the Java side defines (state backend, checkpointing, ...)
+are accepted by the Python SDK as pass-through: it asks the job server which
+options exist (DescribePipelineOptions) and forwards those. The Python SDK
+prints "Unparseable argument" warnings for them before that: harmless.
+
+Verified on this machine (docs/RUNTIME.md): --state_backend=rocksdb,
+--state_backend_storage_path, --checkpointing_interval, --checkpointing_mode,
+--min_pause_between_checkpoints, --checkpoint_timeout_millis,
+--num_concurrent_checkpoints, --externalized_checkpoints_enabled,
+--retain_externalized_checkpoints_on_cancellation, --parallelism show up in
+the Flink job's /checkpoints/config and the JobManager log.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from runners.services import ServicePorts, default_state_dir
+
+
+@dataclasses.dataclass(frozen=True)
+class FlinkPreset:
+    """High-level settings for a streaming job on the local Flink cluster.
+
+    Seed defaults: checkpoint every 60 s, EXACTLY_ONCE, 30 s min pause, 120 s
+    timeout, one checkpoint at a time, RocksDB, externalized checkpoints
+    retained on cancellation. Tests lower ``checkpoint_interval_ms`` to 2000.
+    """
+
+    flink_master: str = "localhost:8081"
+    job_endpoint: str | None = "localhost:8099"
+    environment_type: str = "LOOPBACK"
+    environment_config: str | None = None
+    parallelism: int = 1
+    max_parallelism: int | None = None
+    streaming: bool = True
+    state_backend: str = "rocksdb"
+    state_dir: Path | None = None  # checkpoints go to <state_dir>/flink/checkpoints
+    checkpoint_interval_ms: int | None = 60_000  # None disables checkpointing
+    checkpointing_mode: str = "EXACTLY_ONCE"
+    min_pause_ms: int = 30_000
+    checkpoint_timeout_ms: int = 120_000
+    max_concurrent_checkpoints: int = 1
+    externalized_checkpoints: bool = True
+    savepoint_path: str | None = None  # restore from this savepoint / retained checkpoint
+    allow_non_restored_state: bool = False
+    job_name: str | None = None
+
+    @classmethod
+    def local(
+        cls, ports: ServicePorts | None = None, state_dir: Path | None = None, **overrides: Any
+    ) -> FlinkPreset:
+        """Preset for the services started by ``runners.services`` (env ports by default)."""
+        p = ports or ServicePorts.from_env()
+        return cls(
+            flink_master=p.flink_master,
+            job_endpoint=p.job_endpoint,
+            state_dir=state_dir or default_state_dir(),
+            **overrides,
+        )
+
+    def checkpoint_uri(self) -> str:
+        base = self.state_dir or default_state_dir()
+        return (Path(base) / "flink" / "checkpoints").resolve().as_uri()
+
+    def pipeline_args(self) -> list[str]:
+        """The argument list for PipelineOptions (append the pipeline's own flags)."""
+        args = [
+            "--runner=FlinkRunner",
+            f"--flink_master={self.flink_master}",
+            f"--environment_type={self.environment_type}",
+            f"--parallelism={self.parallelism}",
+        ]
+        if self.job_endpoint:
+            args.append(f"--job_endpoint={self.job_endpoint}")
+        if self.environment_config:
+            args.append(f"--environment_config={self.environment_config}")
+        if self.max_parallelism:
+            args.append(f"--max_parallelism={self.max_parallelism}")
+        if self.streaming:
+            args.append("--streaming")
+        if self.job_name:
+            args.append(f"--job_name={self.job_name}")
+        if self.state_backend:
+            args += [
+                f"--state_backend={self.state_backend}",
+                f"--state_backend_storage_path={self.checkpoint_uri()}",
+            ]
+        if self.checkpoint_interval_ms:
+            args += [
+                f"--checkpointing_interval={self.checkpoint_interval_ms}",
+                f"--checkpointing_mode={self.checkpointing_mode}",
+                f"--min_pause_between_checkpoints={self.min_pause_ms}",
+                f"--checkpoint_timeout_millis={self.checkpoint_timeout_ms}",
+                f"--num_concurrent_checkpoints={self.max_concurrent_checkpoints}",
+            ]
+            if self.externalized_checkpoints:
+                args += [
+                    "--externalized_checkpoints_enabled",
+                    "--retain_externalized_checkpoints_on_cancellation",
+                ]
+        if self.savepoint_path:
+            args.append(f"--savepoint_path={self.savepoint_path}")
+            if self.allow_non_restored_state:
+                args.append("--allow_non_restored_state")
+        return args
+
+
+def flink_pipeline_args(
+    checkpoint_interval_ms: int | None = 60_000,
+    parallelism: int = 1,
+    savepoint_path: str | None = None,
+    ports: ServicePorts | None = None,
+    state_dir: Path | None = None,
+    **overrides: Any,
+) -> list[str]:
+    """Shortcut: ``FlinkPreset.local(...).pipeline_args()``."""
+    return FlinkPreset.local(
+        ports,
+        state_dir,
+        checkpoint_interval_ms=checkpoint_interval_ms,
+        parallelism=parallelism,
+        savepoint_path=savepoint_path,
+        **overrides,
+    ).pipeline_args()
+
+
+# --------------------------------------------------------------------------- Flink REST helpers
+
+
+def _rest(
+    rest_port: int, path: str, method: str = "GET", body: dict[str, Any] | None = None
+) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{rest_port}{path}",
+        data=data,
+        method=method,
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 (localhost only)
+        raw = resp.read().decode()
+    return json.loads(raw) if raw.strip() else {}
+
+
+def flink_jobs(rest_port: int) -> list[dict[str, Any]]:
+    """[{jid, name, state, ...}] for all jobs the cluster knows."""
+    return list(_rest(rest_port, "/jobs/overview").get("jobs", []))
+
+
+def running_jobs(rest_port: int) -> list[str]:
+    return [
+        j["jid"]
+        for j in flink_jobs(rest_port)
+        if j["state"] in ("RUNNING", "CREATED", "RESTARTING")
+    ]
+
+
+def wait_for_running_job(
+    rest_port: int, timeout: float = 120.0, exclude: set[str] | None = None
+) -> str:
+    """The jid of the first RUNNING job not in ``exclude``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for j in flink_jobs(rest_port):
+            if j["state"] == "RUNNING" and j["jid"] not in (exclude or set()):
+                return str(j["jid"])
+        time.sleep(0.5)
+    raise TimeoutError("no RUNNING Flink job")
+
+
+def checkpoint_stats(rest_port: int, jid: str) -> dict[str, Any]:
+    """/jobs/<jid>/checkpoints: counts, latest completed (with external_path)."""
+    return dict(_rest(rest_port, f"/jobs/{jid}/checkpoints"))
+
+
+def checkpoint_config(rest_port: int, jid: str) -> dict[str, Any]:
+    """/jobs/<jid>/checkpoints/config: mode, interval, timeout, min_pause, externalization,
+    state_backend, checkpoint_storage."""
+    return dict(_rest(rest_port, f"/jobs/{jid}/checkpoints/config"))
+
+
+def wait_for_checkpoints(
+    rest_port: int, jid: str, count: int = 1, timeout: float = 120.0
+) -> dict[str, Any]:
+    """Block until ``count`` checkpoints of job ``jid`` completed; returns the stats."""
+    deadline = time.monotonic() + timeout
+    stats: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        stats = checkpoint_stats(rest_port, jid)
+        if stats.get("counts", {}).get("completed", 0) >= count:
+            return stats
+        time.sleep(0.5)
+    raise TimeoutError(f"{count} checkpoints not completed in {timeout}s: {stats.get('counts')}")
+
+
+def cancel_job(rest_port: int, jid: str, timeout: float = 60.0) -> None:
+    """Cancel on the cluster. Needed: the Beam job server's cancel() reports CANCELLED
+    but leaves a streaming job RUNNING on a remote Flink cluster (seen with Beam 2.62)."""
+    _rest(rest_port, f"/jobs/{jid}", method="PATCH")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = _rest(rest_port, f"/jobs/{jid}").get("state")
+        if state in ("CANCELED", "FINISHED", "FAILED"):
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"job {jid} not cancelled after {timeout}s")
+
+
+def stop_with_savepoint(rest_port: int, jid: str, target_dir: str, timeout: float = 120.0) -> str:
+    """Stop a job with a savepoint; returns the savepoint path (use as --savepoint_path)."""
+    trig = _rest(
+        rest_port,
+        f"/jobs/{jid}/stop",
+        method="POST",
+        body={"targetDirectory": target_dir, "drain": False},
+    )
+    rid = trig["request-id"]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        st = _rest(rest_port, f"/jobs/{jid}/savepoints/{rid}")
+        if st.get("status", {}).get("id") == "COMPLETED":
+            op = st.get("operation", {})
+            if "location" in op:
+                return str(op["location"])
+            raise RuntimeError(f"savepoint failed: {op.get('failure-cause')}")
+        time.sleep(0.5)
+    raise TimeoutError("savepoint not completed")
+
+
+def run_until(
+    result: Any,
+    done: Callable[[], bool],
+    rest_port: int,
+    timeout: float = 300.0,
+    poll: float = 1.0,
+    before: set[str] | None = None,
+) -> str:
+    """Drive a streaming PipelineResult (from ``pipeline.run()``) until ``done()``,
+    then cancel it on the cluster. Returns the Flink jid. ``before``: jids that
+    existed before the run (so the right job is picked)."""
+    jid = wait_for_running_job(rest_port, timeout=timeout, exclude=before)
+    deadline = time.monotonic() + timeout
+    try:
+        while not done():
+            if time.monotonic() > deadline:
+                raise TimeoutError("condition not met before timeout")
+            state = _rest(rest_port, f"/jobs/{jid}").get("state")
+            if state in ("FAILED", "CANCELED"):
+                raise RuntimeError(f"Flink job {jid} is {state}")
+            time.sleep(poll)
+    finally:
+        try:
+            cancel_job(rest_port, jid)
+        finally:
+            try:
+                result.cancel()
+            except Exception:  # noqa: BLE001 (job service may already be gone)
+                pass
+    return jid
+
+
+if __name__ == "__main__":
+    print(
+        " ".join(
+            flink_pipeline_args(
+                checkpoint_interval_ms=int(os.environ.get("CHECKPOINT_INTERVAL_MS", "60000"))
+            )
+        )
+    )

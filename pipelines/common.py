@@ -4,17 +4,31 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
+from apache_beam.options.pipeline_options import (
+    FlinkRunnerOptions,
+    PipelineOptions,
+    SetupOptions,
+)
 
 from pipelines.options import FeatureOptions
 from runners.direct import apply_direct_preset
+from runners.flink import (
+    checkpoint_config,
+    checkpoint_stats,
+    input_watermarks,
+    is_flink,
+    rest_port_of,
+    run_until,
+    with_flink_defaults,
+)
 from transforms.decode import DEAD, EVENTS, EventSchema, ReadEvents
+from transforms.line_sink import AppendJsonLines
 from transforms.merge import MergeFeatureVectors
 from transforms.model import DeadLetter
 from transforms.redis_sink import RedisSinkConfig, WriteToRedis
@@ -27,24 +41,13 @@ FeatureGraph = Callable[[beam.PCollection, FeatureOptions],
 
 
 def _write_lines(pcoll: beam.PCollection, path: str, label: str) -> None:
-    """Writes JSON lines: to exactly ``path`` for a bounded input, else windowed files.
-
-    An unbounded stream never ends, so it cannot be one file: it becomes files
-    ``<path>-<window>-<shard>`` per minute of event time.
-    """
-    lines = pcoll | f"{label}ToJson" >> beam.Map(lambda r: r.to_json())
+    """Writes JSON lines: exactly ``path`` for a bounded input; appended for a stream."""
     if pcoll.is_bounded:
-        lines | f"Write{label}" >> beam.io.WriteToText(path, shard_name_template="",
-                                                      num_shards=1)
-        return
-    from apache_beam.io import fileio
-    from apache_beam.transforms.window import FixedWindows
-
-    (lines
-     | f"Window{label}" >> beam.WindowInto(FixedWindows(60))
-     | f"Write{label}" >> fileio.WriteToFiles(
-         path=str(Path(path).parent), shards=1,
-         file_naming=fileio.default_file_naming(Path(path).name, ".jsonl")))
+        (pcoll
+         | f"{label}ToJson" >> beam.Map(lambda r: r.to_json())
+         | f"Write{label}" >> beam.io.WriteToText(path, shard_name_template="", num_shards=1))
+    else:
+        pcoll | f"Append{label}" >> AppendJsonLines(path)
 
 
 class _LogDeadLetters(beam.DoFn):
@@ -101,7 +104,13 @@ def build(pipeline: beam.Pipeline, options: FeatureOptions, schema: EventSchema,
 
 def run(argv: Sequence[str] | None, schema_file: str, features: FeatureGraph,
         name: str) -> dict[str, int]:
-    """Parses ``argv``, runs the pipeline to completion, returns and logs its counters."""
+    """Parses ``argv``, runs the pipeline, returns and prints its counters.
+
+    A bounded replay runs to completion. A Kafka stream on Flink runs until it
+    is cancelled, or with ``--max_records=N`` until N records are committed
+    (processed, written to Redis and checkpointed), and is then cancelled.
+    """
+    argv = with_flink_defaults(list(argv or []))
     options = PipelineOptions(argv)
     options.view_as(SetupOptions).save_main_session = False
     apply_direct_preset(options)
@@ -110,10 +119,50 @@ def run(argv: Sequence[str] | None, schema_file: str, features: FeatureGraph,
     pipeline = beam.Pipeline(options=options)
     build(pipeline, feature_options, schema, features)
     result = pipeline.run()
-    result.wait_until_finish()
-    summary = summarize(result)
+    if is_flink(argv) and feature_options.topic and feature_options.max_records:
+        summary = _run_stream_until(result, options, feature_options, schema)
+    else:
+        result.wait_until_finish()
+        summary = summarize(result)
     print(json.dumps({"pipeline": name, **summary}, sort_keys=True))
     return summary
+
+
+def _run_stream_until(result: Any, options: PipelineOptions, feature_options: FeatureOptions,
+                      schema: EventSchema) -> dict[str, Any]:
+    """Drives a Flink streaming job until ``--max_records`` are committed, with progress."""
+    from pipelines.kafka_source import committed_records
+
+    rest_port = rest_port_of(options.view_as(FlinkRunnerOptions).flink_master)
+    target = feature_options.max_records
+    started = time.monotonic()
+    last = {"at": 0.0, "n": -1}
+
+    def done(jid: str) -> bool:
+        n = last["n"] if last["n"] >= target else committed_records(feature_options, schema)
+        now = time.monotonic()
+        caught_up = False
+        if n >= target:
+            # Everything is read; finals need the watermark past the last events.
+            # An idle KafkaIO partition moves its watermark to the wall clock.
+            marks = input_watermarks(rest_port, jid)
+            caught_up = bool(marks) and min(marks.values()) >= (time.time() - 60) * 1000
+        if now - last["at"] >= 5 or caught_up:
+            rate = n / max(now - started, 1e-9)
+            print(f"  progress: {n}/{target} records committed ({rate:.0f}/s since submit)"
+                  + ("; watermark caught up" if caught_up else ""), flush=True)
+            last["at"] = now
+        last["n"] = n
+        return caught_up
+
+    jid = run_until(result, done, rest_port=rest_port,
+                    timeout=feature_options.run_timeout_s, poll=1.0)
+    stats = checkpoint_stats(rest_port, jid)
+    config = checkpoint_config(rest_port, jid)
+    return {"flink.job_id": jid, "kafka.records_committed": last["n"],
+            "flink.state_backend": config.get("state_backend"),
+            "flink.checkpoints_completed": stats.get("counts", {}).get("completed", 0),
+            "seconds": round(time.monotonic() - started, 1)}
 
 
 def summarize(result: Any) -> dict[str, int]:

@@ -25,6 +25,8 @@ class FeatureOptions(PipelineOptions):
         src.add_argument("--kafka_config", default=None,
                          help="extra Kafka client settings, JSON or @file (SASL/SSL); "
                               "never logged")
+        src.add_argument("--run_timeout_s", type=float, default=1800,
+                         help="with --max_records: give up (and cancel) after this long")
         src.add_argument("--max_records", type=int, default=None,
                          help="stop after this many Kafka records (a bounded run)")
         src.add_argument("--schema_registry_url", default=None,

@@ -242,19 +242,19 @@ def stop_with_savepoint(rest_port: int, jid: str, target_dir: str, timeout: floa
 
 def run_until(
     result: Any,
-    done: Callable[[], bool],
+    done: Callable[[str], bool],
     rest_port: int,
     timeout: float = 300.0,
     poll: float = 1.0,
     before: set[str] | None = None,
 ) -> str:
-    """Drive a streaming PipelineResult (from ``pipeline.run()``) until ``done()``,
+    """Drive a streaming PipelineResult (from ``pipeline.run()``) until ``done(jid)``,
     then cancel it on the cluster. Returns the Flink jid. ``before``: jids that
     existed before the run (so the right job is picked)."""
     jid = wait_for_running_job(rest_port, timeout=timeout, exclude=before)
     deadline = time.monotonic() + timeout
     try:
-        while not done():
+        while not done(jid):
             if time.monotonic() > deadline:
                 raise TimeoutError("condition not met before timeout")
             state = _rest(rest_port, f"/jobs/{jid}").get("state")
@@ -280,3 +280,42 @@ if __name__ == "__main__":
             )
         )
     )
+
+
+def is_flink(argv: list[str]) -> bool:
+    """Whether ``argv`` asks for the FlinkRunner."""
+    return any(a in ("--runner=FlinkRunner", "--runner=flink") for a in argv) or (
+        "--runner" in argv and argv[argv.index("--runner") + 1] in ("FlinkRunner", "flink"))
+
+
+def with_flink_defaults(argv: list[str], **preset: Any) -> list[str]:
+    """``argv`` with the local preset's flags in front of it, for the ones it lacks.
+
+    So ``--runner=FlinkRunner --topic=...`` alone runs streaming on the local
+    cluster with RocksDB and the seed's checkpoint settings, and any flag the
+    user gives wins.
+    """
+    if not is_flink(argv):
+        return argv
+    given = {a.split("=", 1)[0] for a in argv if a.startswith("--")}
+    defaults = [a for a in FlinkPreset.local(**preset).pipeline_args()
+                if a.split("=", 1)[0] not in given]
+    return defaults + argv
+
+
+def rest_port_of(flink_master: str) -> int:
+    """``localhost:8081`` -> 8081 (the JobManager's REST port)."""
+    return int(flink_master.rsplit(":", 1)[1])
+
+
+def input_watermarks(rest_port: int, jid: str) -> dict[str, int]:
+    """Each non-source vertex's lowest current input watermark (epoch ms)."""
+    out: dict[str, int] = {}
+    for vertex in _rest(rest_port, f"/jobs/{jid}").get("vertices", []):
+        if vertex["name"].startswith("Source:"):
+            continue
+        marks = _rest(rest_port, f"/jobs/{jid}/vertices/{vertex['id']}/watermarks")
+        values = [int(m["value"]) for m in marks if m["id"].endswith("currentInputWatermark")]
+        if values:
+            out[vertex["name"]] = min(values)
+    return out

@@ -484,7 +484,9 @@ def start_kafka(
                 "transaction.state.log.replication.factor=1",
                 "transaction.state.log.min.isr=1",
                 "group.initial.rebalance.delay.ms=0",
-                "log.retention.hours=168",
+                # Records carry their event time (CreateTime), often long past in
+                # replays: time-based retention would delete them at once.
+                "log.retention.ms=-1",
                 "num.network.threads=2",
                 "num.io.threads=2",
                 "",

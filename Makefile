@@ -3,18 +3,21 @@ SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
+RTF_PY := $(PY)
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint unit bench clean
+.PHONY: help install run test lint unit e2e clean
 .DEFAULT_GOAL := help
 
 help:
-	@echo "make run    - the main job on this machine, then a table of features"
-	@echo "make test   - install everything into .venv and run the whole suite"
-	@echo "make lint | unit | bench | clean"
+	@echo "make run    - the main job: Kafka -> Flink (RocksDB, checkpoints) -> Redis, then features"
+	@echo "make test   - install everything (make install) and run the whole suite"
+	@echo "make unit | lint | e2e | bench | bench-quick | services-up | services-down | clean"
 
-# Python deps into .venv; redis-server from Debian if missing. A second run is a no-op.
-install: $(STAMP)
+# Python deps into .venv, redis-server from Debian if missing, and the JVM
+# runtime (Kafka, Flink, Beam job server jars via Maven) into ~/.cache/rtfeatures.
+# A second run does nothing.
+install: $(STAMP) install-runtime
 $(STAMP): setup.py
 	@command -v redis-server >/dev/null || { \
 	  echo "installing redis-server (apt)"; \
@@ -33,9 +36,15 @@ lint: install
 unit: install
 	$(PY) -m pytest -q tests/unit tests/streaming
 
+e2e: install
+	$(PY) -m pytest -q -s tests/e2e
+
 test: install lint
 	$(PY) -m doctest transforms/exact.py transforms/late.py transforms/merge.py
 	$(PY) -m pytest -q tests
 
 clean:
 	rm -rf out .pytest_cache .hypothesis
+
+include runners/Makefile.inc
+include benchmarks/Makefile.inc

@@ -146,7 +146,8 @@ def _run_stream_until(result: Any, options: PipelineOptions, feature_options: Fe
             # Everything is read; finals need the watermark past the last events.
             # An idle KafkaIO partition moves its watermark to the wall clock.
             marks = input_watermarks(rest_port, jid)
-            caught_up = bool(marks) and min(marks.values()) >= (time.time() - 60) * 1000
+            wanted = feature_options.stop_at_watermark_ms or (time.time() - 60) * 1000
+            caught_up = bool(marks) and min(marks.values()) >= wanted
         if now - last["at"] >= 5 or caught_up:
             rate = n / max(now - started, 1e-9)
             print(f"  progress: {n}/{target} records committed ({rate:.0f}/s since submit)"

@@ -54,6 +54,7 @@ class StreamSpec:
         late_fraction: share of events sent minutes after their time.
         late_by_ms: how late those are (at most).
         seed: random seed.
+        start_ms: event time of the first event (``live_spec`` sets it to now).
     """
 
     events: int = 2_000
@@ -64,6 +65,15 @@ class StreamSpec:
     late_fraction: float = 0.02
     late_by_ms: int = 600_000
     seed: int = 7
+    start_ms: int = START_MS
+
+
+def live_spec(spec: StreamSpec) -> StreamSpec:
+    """The same stream shape with event times starting now (for live Kafka runs)."""
+    import dataclasses
+    import time
+
+    return dataclasses.replace(spec, start_ms=int(time.time() * 1000))
 
 
 def _pick(rng: random.Random, table: tuple[tuple[str, float], ...]) -> str:
@@ -77,7 +87,7 @@ def _arrivals(spec: StreamSpec) -> Iterator[tuple[random.Random, str, int]]:
     users = [f"u{i:04d}" for i in range(spec.users)]
     step_ms = 1000.0 / spec.rate_per_s
     for i in range(spec.events):
-        now = START_MS + int(i * step_ms)
+        now = spec.start_ms + int(i * step_ms)
         ts = now - rng.randint(0, spec.disorder_ms)
         if rng.random() < spec.late_fraction:
             ts -= rng.randint(0, spec.late_by_ms)

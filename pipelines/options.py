@@ -27,6 +27,9 @@ class FeatureOptions(PipelineOptions):
                               "never logged")
         src.add_argument("--run_timeout_s", type=float, default=1800,
                          help="with --max_records: give up (and cancel) after this long")
+        src.add_argument("--stop_at_watermark_ms", type=int, default=None,
+                         help="with --max_records: also wait until the job's watermark "
+                              "reaches this event time (default: the wall clock - 60 s)")
         src.add_argument("--max_records", type=int, default=None,
                          help="stop after this many Kafka records (a bounded run)")
         src.add_argument("--schema_registry_url", default=None,

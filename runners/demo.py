@@ -1,60 +1,123 @@
-"""``make run``: the main job on this machine, end to end, then a table of features.
+"""``make run``: the main job on this machine, end to end.
 
-Until the Flink path is the default, this is a bounded replay of the bundled
-sample streams on the DirectRunner into a local Redis it starts (and stops),
-followed by what the online lookup client reads back.
+Starts the local services (Kafka, Redis, Flink with RocksDB, the expansion
+service and the job server) unless they are up already, creates a topic,
+runs the user pipeline on the FlinkRunner with RocksDB and checkpoints,
+produces a live synthetic stream (many users, skew, out-of-order events; event
+time = now) into Kafka while the job runs, waits until every record is
+processed and checkpointed, then prints a table of features read back through
+the lookup client and the measured event-to-Redis freshness, and stops what it
+started. (Replays of past event times go through ``--input``: KafkaIO moves
+an idle partition's watermark to the wall clock, so old events sent through
+Kafka would arrive late.)
 """
 
 from __future__ import annotations
 
 import argparse
+import threading
 import time
 from collections.abc import Sequence
-from pathlib import Path
+from typing import Any
 
-from pipelines import ride_features, user_features
-from runners.local_redis import LocalRedis
+from pipelines import user_features
+from pipelines.generate import StreamSpec, generate
+from pipelines.produce import SCHEMA_FILES, EventProducer
+from runners.flink import flink_jobs
+from runners.freshness import FreshnessProbe
+from runners.services import LocalServices
 from serving.lookup import FeatureClient
 
-ROOT = Path(__file__).resolve().parents[1]
-COLUMNS = ("txn_total_5m", "clicks_in_session", "session_duration_s", "lifetime_rides",
-           "rides_per_city", "amount_sum_60s")
+COLUMNS = ("txn_total_5m", "clicks_in_session", "session_duration_s")
 
 
 def print_table(client: FeatureClient, users: Sequence[str]) -> None:
-    """Prints one row per user: the typed features the model would get."""
-    widths = [8] + [max(len(c), 14) for c in COLUMNS]
-    print("  ".join(h.ljust(w) for h, w in zip(("user", *COLUMNS), widths, strict=True)))
+    """One row per user: the typed features the model would get, with their age."""
+    header = ("user", *COLUMNS, "final", "as_of (event time)")
+    rows = []
     for view in client.get_many(users):
-        cells = [view.entity_id] + [
-            ("-" if f in view.defaulted else str(view.values[f]))[:24] for f in COLUMNS]
-        print("  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)))
+        cells = [view.entity_id] + [str(view.values[f]) for f in COLUMNS]
+        cells.append("yes" if all(view.final.get(f) for f in COLUMNS if f in view.final)
+                     else "no")
+        newest = max(view.as_of_ms.values(), default=None)
+        cells.append("-" if newest is None else time.strftime(
+            "%Y-%m-%d %H:%M:%S", time.gmtime(newest / 1000)))
+        rows.append(cells)
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--redis_port", type=int, default=0, help="0: a free port")
-    parser.add_argument("--out", default=str(ROOT / "out"))
+    parser.add_argument("--events", type=int, default=3000, help="events to send")
+    parser.add_argument("--rate", type=float, default=200.0, help="events/s sent to Kafka")
     parser.add_argument("--users", type=int, default=8, help="rows in the table")
+    parser.add_argument("--checkpoint_ms", type=int, default=10_000)
     args = parser.parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with LocalRedis(args.redis_port) as server:
-        print(f"redis-server on 127.0.0.1:{server.port}")
-        for name, module, sample in (
-                ("user", user_features, "sample_user_events.jsonl"),
-                ("ride", ride_features, "sample_ride_events.jsonl")):
-            started = time.monotonic()
-            module.main([
-                "--runner=DirectRunner", f"--input={ROOT / 'data' / sample}",
-                f"--redis_url={server.url}", f"--feature_log={out / f'{name}_updates.jsonl'}",
-                f"--dead_letter={out / f'{name}_dead_letters.jsonl'}",
-                f"--late_output={out / f'{name}_late.jsonl'}"])
-            print(f"{name} pipeline: {time.monotonic() - started:.1f}s; outputs in {out}/")
-        client = FeatureClient(server.client())
-        keys = sorted(k.decode().split(":", 2)[2] for k in server.client().scan_iter(
-            "features:user:*"))
-        print_table(client, keys[: args.users])
+
+    services = LocalServices()
+    already_up = {name for name, h in services.recorded().items() if h.alive()}
+    print("starting local services (Kafka, Redis, Flink + RocksDB, expansion, job server)...")
+    services.up()
+    try:
+        run_job(services, args)
+    finally:
+        if not already_up:
+            print("stopping the services this run started")
+            services.down()
+
+
+def run_job(services: LocalServices, args: Any) -> None:
+    import redis
+
+    ports = services.ports
+    topic = f"user-events-{int(time.time())}"
+    services.create_topic(topic, partitions=2)
+    # Event times start when the job is expected to be up, and advance at the send rate.
+    spec = StreamSpec(events=args.events, users=60, rate_per_s=args.rate, disorder_ms=3_000,
+                      late_fraction=0.0, start_ms=int(time.time() * 1000) + 20_000)
+    events = generate("user", spec)
+    print(f"topic {topic}: {len(events)} events of {spec.users} users to send")
+
+    before = {j["jid"] for j in flink_jobs(ports.flink_rest)}
+    job_args = [
+        "--runner=FlinkRunner", f"--topic={topic}", f"--max_records={len(events)}",
+        f"--bootstrap_servers={ports.bootstrap_servers}", f"--flink_master={ports.flink_master}",
+        f"--job_endpoint={ports.job_endpoint}", f"--expansion_service={ports.expansion_address}",
+        f"--redis_url=redis://127.0.0.1:{ports.redis}/0",
+        f"--state_backend_storage_path={services.checkpoint_dir.resolve().as_uri()}",
+        f"--checkpointing_interval={args.checkpoint_ms}", "--min_pause_between_checkpoints=2000",
+        f"--consumer_group=make-run-{topic}"]
+    job = threading.Thread(target=user_features.main, args=(job_args,), daemon=True)
+    job.start()
+    while not any(j["jid"] not in before and j["state"] == "RUNNING"
+                  for j in flink_jobs(ports.flink_rest)):
+        time.sleep(0.5)
+    print("Flink job RUNNING (RocksDB, checkpoints every "
+          f"{args.checkpoint_ms / 1000:.0f} s); producing at {args.rate:.0f} events/s")
+
+    client = redis.Redis(port=ports.redis)
+    probe = FreshnessProbe(client).start()
+    producer = EventProducer(ports.bootstrap_servers, topic, SCHEMA_FILES["user"])
+    started = time.monotonic()
+    for i, event in enumerate(events):
+        producer.send(event)
+        probe.sent(event["userId"], event["eventTimestamp"], time.time())
+        ahead = (i + 1) / args.rate - (time.monotonic() - started)
+        if ahead > 0:
+            time.sleep(ahead)
+    producer.flush()
+    job.join()
+    probe.stop()
+
+    users = sorted(k.decode().split(":", 2)[2] for k in client.scan_iter("features:user:*"))
+    print(f"\n{len(users)} users in Redis; the first {min(args.users, len(users))}:")
+    print_table(FeatureClient(client), users[: args.users])
+    fresh = probe.summary()
+    print(f"\nevent-to-Redis freshness (producer send -> readable in Redis), "
+          f"{fresh['events']} events: p50 {fresh['p50_ms']} ms, p99 {fresh['p99_ms']} ms, "
+          f"max {fresh['max_ms']} ms")
 
 
 if __name__ == "__main__":

@@ -33,19 +33,35 @@ COLUMNS = ("txn_total_5m", "clicks_in_session", "session_duration_s")
 
 def print_table(client: FeatureClient, users: Sequence[str]) -> None:
     """One row per user: the typed features the model would get, with their age."""
-    header = ("user", *COLUMNS, "final", "as_of (event time)")
+    header = ("user", *COLUMNS, "final", "session as_of (UTC)")
     rows = []
     for view in client.get_many(users):
         cells = [view.entity_id] + [str(view.values[f]) for f in COLUMNS]
         cells.append("yes" if all(view.final.get(f) for f in COLUMNS if f in view.final)
                      else "no")
-        newest = max(view.as_of_ms.values(), default=None)
+        newest = view.as_of_ms.get("clicks_in_session")
         cells.append("-" if newest is None else time.strftime(
-            "%Y-%m-%d %H:%M:%S", time.gmtime(newest / 1000)))
+            "%H:%M:%S", time.gmtime(newest / 1000)) + f".{newest % 1000:03d}")
         rows.append(cells)
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
+
+
+WARM_UP_USER = "warm-up"
+
+
+def warm_up(producer: EventProducer, client: Any, timeout_s: float = 180.0) -> None:
+    """Sends one event and waits until it is in Redis: the job's Python workers are
+    then up, so the freshness figures measure the pipeline, not its start-up."""
+    producer.send({"userId": WARM_UP_USER, "eventType": "view", "eventValue": 0.0,
+                   "eventTimestamp": int(time.time() * 1000)})
+    producer.flush()
+    deadline = time.monotonic() + timeout_s
+    while not client.exists(f"features:user:{WARM_UP_USER}"):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the job wrote nothing to Redis in time")
+        time.sleep(0.1)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -82,7 +98,8 @@ def run_job(services: LocalServices, args: Any) -> None:
 
     before = {j["jid"] for j in flink_jobs(ports.flink_rest)}
     job_args = [
-        "--runner=FlinkRunner", f"--topic={topic}", f"--max_records={len(events)}",
+        "--runner=FlinkRunner", f"--topic={topic}", f"--max_records={len(events) + 1}",
+        "--max_bundle_time_mills=200",
         f"--bootstrap_servers={ports.bootstrap_servers}", f"--flink_master={ports.flink_master}",
         f"--job_endpoint={ports.job_endpoint}", f"--expansion_service={ports.expansion_address}",
         f"--redis_url=redis://127.0.0.1:{ports.redis}/0",
@@ -98,8 +115,9 @@ def run_job(services: LocalServices, args: Any) -> None:
           f"{args.checkpoint_ms / 1000:.0f} s); producing at {args.rate:.0f} events/s")
 
     client = redis.Redis(port=ports.redis)
-    probe = FreshnessProbe(client).start()
     producer = EventProducer(ports.bootstrap_servers, topic, SCHEMA_FILES["user"])
+    warm_up(producer, client)
+    probe = FreshnessProbe(client).start()
     started = time.monotonic()
     for i, event in enumerate(events):
         producer.send(event)
@@ -112,6 +130,7 @@ def run_job(services: LocalServices, args: Any) -> None:
     probe.stop()
 
     users = sorted(k.decode().split(":", 2)[2] for k in client.scan_iter("features:user:*"))
+    users = [u for u in users if u != WARM_UP_USER]
     print(f"\n{len(users)} users in Redis; the first {min(args.users, len(users))}:")
     print_table(FeatureClient(client), users[: args.users])
     fresh = probe.summary()

@@ -1,0 +1,304 @@
+"""What the fault tests share: a pipeline process on Flink, a live stream, Redis snapshots.
+
+A run is what a user does: ``python -m pipelines.<name>_features --runner=FlinkRunner
+--topic=... --max_records=N --stop_at_watermark_ms=...``; the process stops its
+job once N records are committed (offsets commit only with checkpoints, after
+Redis took the writes) and the watermark has passed the last event. The test
+disturbs the world (kills, outages, hostile records) while the stream flows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from pipelines.generate import StreamSpec, generate, live_spec
+from pipelines.produce import SCHEMA_FILES, EventProducer
+from runners import services as rs
+from runners.flink import _rest, flink_jobs
+
+ROOT = Path(__file__).resolve().parents[2]
+# Sliding window (60 s) + out-of-orderness (10 s) + margin: every value is
+# final once the watermark is this far past the last event.
+SETTLE_MS = 75_000
+# Event times start this far ahead: the job is expected to be RUNNING by then.
+LEAD_MS = 5_000
+
+
+def flink_args(svc: rs.LocalServices, parallelism: int = 1, retries: int = 50) -> list[str]:
+    """FlinkRunner flags for the suite's cluster (checkpoints every 2 s).
+
+    ``--number_of_execution_retries`` gives the job its own fixed-delay restart
+    strategy: the cluster default (3 attempts in the job's lifetime) would
+    fail a job that loses its TaskManager a fourth time.
+    """
+    p = svc.ports
+    return ["--runner=FlinkRunner", f"--flink_master={p.flink_master}",
+            f"--job_endpoint={p.job_endpoint}", f"--expansion_service={p.expansion_address}",
+            f"--bootstrap_servers={p.bootstrap_servers}",
+            f"--state_backend_storage_path={svc.checkpoint_dir.resolve().as_uri()}",
+            "--checkpointing_interval=2000", "--min_pause_between_checkpoints=500",
+            f"--number_of_execution_retries={retries}", "--execution_retry_delay=2000",
+            f"--parallelism={parallelism}"]
+
+
+def live_events(pipeline: str, spec: StreamSpec, lead_ms: int = LEAD_MS) -> list[dict[str, Any]]:
+    """A generated stream whose event times start ``lead_ms`` from now."""
+    start = int(time.time() * 1000) + lead_ms
+    return generate(pipeline, dataclasses.replace(live_spec(spec), start_ms=start))
+
+
+def settle_ms(events: list[dict[str, Any]]) -> int:
+    return max(e["eventTimestamp"] for e in events) + SETTLE_MS
+
+
+class PipelineRun:
+    """A feature pipeline process on Flink; stdout/stderr go to files (scanned for secrets).
+
+    Args:
+        svc: the services.
+        pipeline: ``user`` or ``ride``.
+        args: the pipeline's own flags (topic, redis url, max records, ...).
+        workdir: where the process's output files go.
+        name: a label for the output files.
+    """
+
+    def __init__(self, svc: rs.LocalServices, pipeline: str, args: list[str], workdir: Path,
+                 name: str, parallelism: int = 1) -> None:
+        self.svc = svc
+        self.stdout = workdir / f"{name}.stdout"
+        self.stderr = workdir / f"{name}.stderr"
+        self.before = {j["jid"] for j in flink_jobs(svc.ports.flink_rest)}
+        cmd = [sys.executable, "-m", f"pipelines.{pipeline}_features",
+               *flink_args(svc, parallelism), *args]
+        with open(self.stdout, "w") as out, open(self.stderr, "w") as err:
+            self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=err,
+                                         stdin=subprocess.DEVNULL)
+        self.jid: str | None = None
+
+    def wait_running(self, timeout: float = 300) -> str:
+        """The jid of this run's Flink job once it is RUNNING."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"pipeline exited ({self.proc.returncode}) before "
+                                     f"its job ran:\n{self.stderr.read_text()[-4000:]}")
+            for j in flink_jobs(self.svc.ports.flink_rest):
+                if j["state"] == "RUNNING" and j["jid"] not in self.before:
+                    self.jid = str(j["jid"])
+                    return self.jid
+            time.sleep(0.5)
+        raise AssertionError("no RUNNING Flink job for the pipeline")
+
+    def job_state(self) -> str:
+        assert self.jid
+        return str(_rest(self.svc.ports.flink_rest, f"/jobs/{self.jid}").get("state"))
+
+    def finish(self, timeout: float = 900) -> dict[str, Any]:
+        """Waits for the process; asserts it succeeded; returns its summary line."""
+        try:
+            self.proc.wait(timeout=timeout)
+        finally:
+            self.kill()
+        err = self.stderr.read_text()
+        assert self.proc.returncode == 0, err[-4000:]
+        return dict(json.loads(self.stdout.read_text().strip().splitlines()[-1]))
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if self.jid and self.job_state_safe() in ("RUNNING", "RESTARTING", "CREATED"):
+            from runners.flink import cancel_job
+
+            cancel_job(self.svc.ports.flink_rest, self.jid)
+
+    def job_state_safe(self) -> str | None:
+        try:
+            return self.job_state()
+        except Exception:  # noqa: BLE001 (the cluster may be gone during teardown)
+            return None
+
+
+def pipeline_flags(topic: str, redis_url: str, records: int, stop_at_ms: int,
+                   workdir: Path, *extra: str) -> list[str]:
+    return [f"--topic={topic}", f"--max_records={records}", f"--stop_at_watermark_ms={stop_at_ms}",
+            "--run_timeout_s=600", f"--redis_url={redis_url}",
+            f"--feature_log={workdir / f'{topic}-features.jsonl'}",
+            f"--late_output={workdir / f'{topic}-late.jsonl'}", *extra]
+
+
+def send_in_background(svc: rs.LocalServices, topic: str, pipeline: str,
+                       items: list[Any], rate_per_s: float,
+                       schema_file: str | None = None) -> threading.Thread:
+    """Sends ``items`` at a rate in a thread: an event dict, or ``(bytes, key)`` raw.
+
+    A ``("schema", file)`` item switches the writer schema (schema evolution).
+    """
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            producer = EventProducer(svc.ports.bootstrap_servers, topic,
+                                     schema_file or SCHEMA_FILES[pipeline])
+            started = time.monotonic()
+            for n, item in enumerate(items, 1):
+                if isinstance(item, tuple) and item[0] == "schema":
+                    producer.flush()
+                    producer = EventProducer(svc.ports.bootstrap_servers, topic, item[1])
+                    continue
+                if isinstance(item, tuple):
+                    value, key = item
+                    producer.send_raw(value, key, int(time.time() * 1000))
+                else:
+                    producer.send(item)
+                ahead = n / rate_per_s - (time.monotonic() - started)
+                if ahead > 0:
+                    time.sleep(ahead)
+            undelivered = producer.flush(120)
+            assert undelivered == 0 and producer.failed == 0, (undelivered, producer.failed)
+        except BaseException as e:  # noqa: BLE001 (re-raised by the caller)
+            errors.append(e)
+
+    thread = threading.Thread(target=run, name=f"produce-{topic}", daemon=True)
+    thread.errors = errors  # type: ignore[attr-defined]
+    thread.start()
+    return thread
+
+
+def join_sender(thread: threading.Thread, timeout: float = 600) -> None:
+    thread.join(timeout)
+    assert not thread.is_alive(), "producer did not finish"
+    errors = thread.errors  # type: ignore[attr-defined]
+    if errors:
+        raise errors[0]
+
+
+def snapshot(client: redis.Redis, prefix: str = "features:") -> dict[str, dict[str, str]]:
+    """Every feature hash, every field (as_of, final and updated_at included)."""
+    return {k: client.hgetall(k) for k in sorted(client.scan_iter(f"{prefix}*"))}
+
+
+def consume_all(bootstrap: str, topic: str, idle_s: float = 5.0,
+                timeout_s: float = 60.0) -> list[bytes]:
+    """Every value on ``topic`` (from offset 0, no group offsets committed)."""
+    from confluent_kafka import Consumer
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"faults-read-{time.time()}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([topic])
+    values: list[bytes] = []
+    last = time.monotonic()
+    deadline = last + timeout_s
+    try:
+        while time.monotonic() < deadline and time.monotonic() - last < idle_s:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            values.append(msg.value())
+            last = time.monotonic()
+    finally:
+        consumer.close()
+    return values
+
+
+def rewind_group(bootstrap: str, group: str, topic: str) -> int:
+    """Sets every partition's committed offset of ``group`` to 0; returns the partitions."""
+    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    parts = admin.list_topics(topic, timeout=10).topics[topic].partitions
+    request = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p, 0) for p in parts])
+    for future in admin.alter_consumer_group_offsets([request]).values():
+        result = future.result(timeout=30)
+        assert all(tp.offset == 0 and tp.error is None for tp in result.topic_partitions), result
+    return len(parts)
+
+
+class RedisProcess:
+    """A redis-server the test owns: optional AOF persistence and password; stop/start
+    on the same port and directory (an outage), so data survives iff ``persist``."""
+
+    def __init__(self, workdir: Path, persist: bool, password: str | None = None) -> None:
+        self.port = rs.free_port()
+        self.dir = workdir / f"redis-{self.port}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.persist = persist
+        self.password = password
+        self.log = self.dir / "redis.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def url(self, db: int = 0) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/{db}"
+
+    def client(self, db: int = 0) -> redis.Redis:
+        return redis.Redis(port=self.port, db=db, password=self.password,
+                           decode_responses=True)
+
+    def start(self) -> RedisProcess:
+        exe = shutil.which("redis-server") or "/usr/bin/redis-server"
+        cmd = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+               "--daemonize", "no", "--logfile", str(self.log)]
+        cmd += (["--appendonly", "yes", "--appendfsync", "always", "--save", ""]
+                if self.persist else ["--appendonly", "no", "--save", ""])
+        if self.password:
+            cmd += ["--requirepass", self.password]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if self.client().ping():
+                    return self
+            except redis.RedisError:
+                time.sleep(0.1)
+        self.stop()
+        raise AssertionError(f"redis-server not ready on {self.port}")
+
+    def stop(self) -> None:
+        """SIGKILL: an outage, not a graceful shutdown (no final save)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def __enter__(self) -> RedisProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@dataclasses.dataclass
+class Timer:
+    """Wall-clock seconds of a block, for the figures."""
+
+    seconds: float = 0.0
+
+    @classmethod
+    def run(cls, fn: Callable[[], Any]) -> tuple[Any, float]:
+        t0 = time.monotonic()
+        out = fn()
+        return out, round(time.monotonic() - t0, 1)
+
+
+def iter_files(root: Path, pattern: str = "*") -> Iterator[Path]:
+    yield from (p for p in root.rglob(pattern) if p.is_file())
+
+
+def reference_for(pipeline: str) -> Callable[[list[dict[str, Any]]], dict[str, dict[str, Any]]]:
+    from tests import reference
+
+    return reference.user_features if pipeline == "user" else reference.ride_features

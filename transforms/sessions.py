@@ -68,13 +68,17 @@ class _SessionFn(beam.DoFn):
             return
         merged = [ts, ts, 1 if event[self._type_field] == self._click_type else 0, False]
         kept = []
+        absorbed_lasts = set()
         for s in st["s"]:
             if s[_FIRST] - self._gap < ts < s[_LAST] + self._gap:
                 merged[_FIRST] = min(merged[_FIRST], s[_FIRST])
                 merged[_LAST] = max(merged[_LAST], s[_LAST])
                 merged[_CLICKS] += s[_CLICKS]
+                absorbed_lasts.add(s[_LAST])
             else:
                 kept.append(s)
+        # A session that keeps its last event keeps its close time: timers are set.
+        timers_set = merged[_LAST] in absorbed_lasts
         close_at = merged[_LAST] + self._gap
         if clock is not None and close_at <= clock:
             # The session had closed already: a late merge repairs its final value.
@@ -82,9 +86,11 @@ class _SessionFn(beam.DoFn):
             merged[_FINAL] = True
             yield from self._updates(key, merged, final=True)
         else:
-            self._clock.set(fire, close_at)
+            if not timers_set:
+                self._clock.set(fire, close_at)
             yield from self._updates(key, merged, final=False)
-        self._clock.set(fire, close_at + self._lateness)
+        if not timers_set:
+            self._clock.set(fire, close_at + self._lateness)
         kept.append(merged)
         st["s"] = kept
         state.write(st)

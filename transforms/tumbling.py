@@ -67,6 +67,7 @@ class _TumblingSumFn(beam.DoFn):
             self._late.inc()
             yield pvalue.TaggedOutput(LATE, LateEvent(self._feature, event, clock))
             return
+        is_new = start not in st["w"]
         window = st["w"].setdefault(start, [False, []])
         exact.add(window[1], event[self._value_field])
         if window[0] or (clock is not None and end <= clock):
@@ -75,10 +76,12 @@ class _TumblingSumFn(beam.DoFn):
             window[0] = True
             yield self._update(key, start, window[1], final=True)
         else:
-            self._clock.set(fire, end)
+            if is_new:  # a window's timers are set once, by its first event
+                self._clock.set(fire, end)
             if self._early:
                 yield self._update(key, start, window[1], final=False)
-        self._clock.set(fire, end + self._lateness)
+        if is_new:
+            self._clock.set(fire, end + self._lateness)
         state.write(st)
 
     @on_timer(FIRE)

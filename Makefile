@@ -41,10 +41,11 @@ e2e: install
 
 test: install lint
 	$(PY) -m doctest transforms/exact.py transforms/late.py transforms/merge.py
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -m "not slow" tests
 
 clean:
 	rm -rf out .pytest_cache .hypothesis
 
 include runners/Makefile.inc
 include benchmarks/Makefile.inc
+-include tests/faults/Makefile.inc

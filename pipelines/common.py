@@ -31,7 +31,7 @@ from transforms.decode import DEAD, EVENTS, EventSchema, ReadEvents
 from transforms.line_sink import AppendJsonLines
 from transforms.merge import MergeFeatureVectors
 from transforms.model import DeadLetter
-from transforms.redis_sink import RedisSinkConfig, WriteToRedis
+from transforms.redis_sink import RedisSinkConfig, WriteToRedis, redact_url
 
 _LOG = logging.getLogger(__name__)
 
@@ -118,9 +118,16 @@ def run(argv: Sequence[str] | None, schema_file: str, features: FeatureGraph,
     schema = EventSchema(feature_options.reader_schema or schema_file)
     pipeline = beam.Pipeline(options=options)
     build(pipeline, feature_options, schema, features)
+    stop_when_done = bool(is_flink(argv) and feature_options.topic and feature_options.max_records)
+    if stop_when_done:
+        from pipelines.kafka_source import consumer_config
+
+        group_config = consumer_config(feature_options, schema)
+        group_config.pop("max.partition.fetch.bytes", None)
+    _scrub_secrets(feature_options)
     result = pipeline.run()
-    if is_flink(argv) and feature_options.topic and feature_options.max_records:
-        summary = _run_stream_until(result, options, feature_options, schema)
+    if stop_when_done:
+        summary = _run_stream_until(result, options, feature_options, group_config)
     else:
         result.wait_until_finish()
         summary = summarize(result)
@@ -128,8 +135,21 @@ def run(argv: Sequence[str] | None, schema_file: str, features: FeatureGraph,
     return summary
 
 
+def _scrub_secrets(options: FeatureOptions) -> None:
+    """Removes secrets from the options once the graph holds them.
+
+    A runner shows its job's options (Flink: the web UI and REST job config);
+    the sink and Kafka transforms already carry what they need, so the options
+    keep a redacted URL and no Kafka client settings.
+    """
+    if options.redis_url:
+        options.redis_url = redact_url(options.redis_url)
+    if options.kafka_config:
+        options.kafka_config = "<redacted>"
+
+
 def _run_stream_until(result: Any, options: PipelineOptions, feature_options: FeatureOptions,
-                      schema: EventSchema) -> dict[str, Any]:
+                      group_config: dict[str, str]) -> dict[str, Any]:
     """Drives a Flink streaming job until ``--max_records`` are committed, with progress."""
     from pipelines.kafka_source import committed_records
 
@@ -139,7 +159,8 @@ def _run_stream_until(result: Any, options: PipelineOptions, feature_options: Fe
     last = {"at": 0.0, "n": -1}
 
     def done(jid: str) -> bool:
-        n = last["n"] if last["n"] >= target else committed_records(feature_options, schema)
+        n = (last["n"] if last["n"] >= target
+             else committed_records(group_config, feature_options.topic))
         now = time.monotonic()
         caught_up = False
         if n >= target:

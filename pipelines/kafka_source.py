@@ -115,8 +115,8 @@ class WriteLinesToKafka(beam.PTransform):
                                                  expansion_service=self._options.expansion_service))
 
 
-def committed_records(options: FeatureOptions, schema: EventSchema) -> int:
-    """Records of ``--topic`` the pipeline's consumer group has committed (offsets summed
+def committed_records(config: dict[str, str], topic: str) -> int:
+    """Records of ``topic`` a consumer group (in ``config``) has committed (offsets summed
     over partitions: on a topic that starts at offset 0, the records consumed).
 
     Offsets are committed when a Flink checkpoint completes, after Redis took
@@ -124,13 +124,10 @@ def committed_records(options: FeatureOptions, schema: EventSchema) -> int:
     """
     from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-    config = {**consumer_config(options, schema), "enable.auto.commit": False}
-    config.pop("max.partition.fetch.bytes", None)
-    consumer = Consumer(config)
+    consumer = Consumer({**config, "enable.auto.commit": False})
     try:
-        meta = consumer.list_topics(options.topic, timeout=10)
-        partitions = [TopicPartition(options.topic, p)
-                      for p in meta.topics[options.topic].partitions]
+        meta = consumer.list_topics(topic, timeout=10)
+        partitions = [TopicPartition(topic, p) for p in meta.topics[topic].partitions]
         for attempt in range(5):
             try:
                 committed = consumer.committed(partitions, timeout=10)

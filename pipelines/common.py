@@ -21,6 +21,7 @@ from runners.direct import apply_direct_preset
 from runners.flink import (
     checkpoint_config,
     checkpoint_stats,
+    flink_jobs,
     input_watermarks,
     is_flink,
     rest_port_of,
@@ -124,10 +125,12 @@ def run(argv: Sequence[str] | None, schema_file: str, features: FeatureGraph,
 
         group_config = consumer_config(feature_options, schema)
         group_config.pop("max.partition.fetch.bytes", None)
+        rest_port = rest_port_of(options.view_as(FlinkRunnerOptions).flink_master)
+        existing = {j["jid"] for j in flink_jobs(rest_port)}
     _scrub_secrets(feature_options)
     result = pipeline.run()
     if stop_when_done:
-        summary = _run_stream_until(result, options, feature_options, group_config)
+        summary = _run_stream_until(result, rest_port, existing, feature_options, group_config)
     else:
         result.wait_until_finish()
         summary = summarize(result)
@@ -148,19 +151,25 @@ def _scrub_secrets(options: FeatureOptions) -> None:
         options.kafka_config = "<redacted>"
 
 
-def _run_stream_until(result: Any, options: PipelineOptions, feature_options: FeatureOptions,
+def _run_stream_until(result: Any, rest_port: int, existing: set[str],
+                      feature_options: FeatureOptions,
                       group_config: dict[str, str]) -> dict[str, Any]:
     """Drives a Flink streaming job until ``--max_records`` are committed, with progress."""
+    from confluent_kafka import KafkaException
+
     from pipelines.kafka_source import committed_records
 
-    rest_port = rest_port_of(options.view_as(FlinkRunnerOptions).flink_master)
     target = feature_options.max_records
     started = time.monotonic()
     last = {"at": 0.0, "n": -1}
 
     def done(jid: str) -> bool:
-        n = (last["n"] if last["n"] >= target
-             else committed_records(group_config, feature_options.topic))
+        n = last["n"]
+        if n < target:
+            try:
+                n = committed_records(group_config, feature_options.topic)
+            except KafkaException as e:  # a broker restart: keep the last count, retry
+                print(f"  progress: Kafka unavailable ({e}); retrying", flush=True)
         now = time.monotonic()
         caught_up = False
         if n >= target:
@@ -178,7 +187,7 @@ def _run_stream_until(result: Any, options: PipelineOptions, feature_options: Fe
         return caught_up
 
     jid = run_until(result, done, rest_port=rest_port,
-                    timeout=feature_options.run_timeout_s, poll=1.0)
+                    timeout=feature_options.run_timeout_s, poll=1.0, before=existing)
     stats = checkpoint_stats(rest_port, jid)
     config = checkpoint_config(rest_port, jid)
     return {"flink.job_id": jid, "kafka.records_committed": last["n"],

@@ -57,6 +57,9 @@ class FlinkPreset:
     savepoint_path: str | None = None  # restore from this savepoint / retained checkpoint
     allow_non_restored_state: bool = False
     job_name: str | None = None
+    # Without it, restoring after a TaskManager loss fails in Beam 2.62's
+    # DoFnOperator ("Couldn't flush pushed back elements"): tests/faults.
+    finish_bundle_before_checkpointing: bool = True
 
     @classmethod
     def local(
@@ -111,6 +114,8 @@ class FlinkPreset:
                     "--externalized_checkpoints_enabled",
                     "--retain_externalized_checkpoints_on_cancellation",
                 ]
+        if self.finish_bundle_before_checkpointing:
+            args.append("--finish_bundle_before_checkpointing")
         if self.savepoint_path:
             args.append(f"--savepoint_path={self.savepoint_path}")
             if self.allow_non_restored_state:

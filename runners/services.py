@@ -57,7 +57,7 @@ BEAM_JAVA_VERSION = "2.62.0"
 KAFKA_HEAP = "512m"
 REDIS_MAXMEMORY = "512mb"
 FLINK_JM_PROCESS_SIZE = "1024m"
-FLINK_TM_PROCESS_SIZE = "2560m"
+FLINK_TM_PROCESS_SIZE = "3072m"
 FLINK_TM_SLOTS = 2
 EXPANSION_HEAP = "512m"
 JOBSERVER_HEAP = "1g"
@@ -610,9 +610,13 @@ def _flink_config(ports: ServicePorts, state_dir: Path) -> str:
         "web.tmpdir": str(fl / "web"),
         "classloader.check-leaked-classloader": "false",
         "jobmanager.execution.failover-strategy": "region",
-        "restart-strategy.type": "fixed-delay",
-        "restart-strategy.fixed-delay.attempts": 3,
-        "restart-strategy.fixed-delay.delay": "5 s",
+        # A job must outlive any number of TaskManager losses, spaced out.
+        "restart-strategy.type": "exponential-delay",
+        "restart-strategy.exponential-delay.initial-backoff": "1 s",
+        "restart-strategy.exponential-delay.max-backoff": "30 s",
+        "restart-strategy.exponential-delay.reset-backoff-threshold": "5 min",
+        # Every Beam job loads its own classes: many jobs per session need room.
+        "taskmanager.memory.jvm-metaspace.size": "768m",
         "env.java.opts.all": java_opts,
     }
     return "".join(f"{k}: {json.dumps(v) if isinstance(v, str) else v}\n" for k, v in conf.items())

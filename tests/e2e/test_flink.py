@@ -51,6 +51,7 @@ def flink_args(svc: rs.LocalServices, parallelism: int = 1) -> list[str]:
             f"--bootstrap_servers={p.bootstrap_servers}",
             f"--state_backend_storage_path={svc.checkpoint_dir.resolve().as_uri()}",
             "--checkpointing_interval=2000", "--min_pause_between_checkpoints=500",
+            "--finish_bundle_before_checkpointing",
             f"--parallelism={parallelism}"]
 
 

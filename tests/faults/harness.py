@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -49,7 +50,10 @@ def flink_args(svc: rs.LocalServices, parallelism: int = 1, retries: int = 50) -
             f"--state_backend_storage_path={svc.checkpoint_dir.resolve().as_uri()}",
             "--checkpointing_interval=2000", "--min_pause_between_checkpoints=500",
             f"--number_of_execution_retries={retries}", "--execution_retry_delay=2000",
-            f"--parallelism={parallelism}"]
+            f"--parallelism={parallelism}",
+            # For trying a preset change against the whole suite, e.g.
+            # RTF_FAULTS_FLINK_ARGS=--finish_bundle_before_checkpointing
+            *os.environ.get("RTF_FAULTS_FLINK_ARGS", "").split()]
 
 
 def live_events(pipeline: str, spec: StreamSpec, lead_ms: int = LEAD_MS) -> list[dict[str, Any]]:
@@ -279,19 +283,6 @@ class RedisProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-@dataclasses.dataclass
-class Timer:
-    """Wall-clock seconds of a block, for the figures."""
-
-    seconds: float = 0.0
-
-    @classmethod
-    def run(cls, fn: Callable[[], Any]) -> tuple[Any, float]:
-        t0 = time.monotonic()
-        out = fn()
-        return out, round(time.monotonic() - t0, 1)
 
 
 def iter_files(root: Path, pattern: str = "*") -> Iterator[Path]:

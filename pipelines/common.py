@@ -127,7 +127,8 @@ def run(argv: Sequence[str] | None, schema_file: str, features: FeatureGraph,
         group_config.pop("max.partition.fetch.bytes", None)
         rest_port = rest_port_of(options.view_as(FlinkRunnerOptions).flink_master)
         existing = {j["jid"] for j in flink_jobs(rest_port)}
-    _scrub_secrets(feature_options)
+    # The pipeline holds its own copy of the options: that is what the runner sends.
+    _scrub_secrets(pipeline.options.view_as(FeatureOptions))
     result = pipeline.run()
     if stop_when_done:
         summary = _run_stream_until(result, rest_port, existing, feature_options, group_config)

@@ -516,7 +516,9 @@ def start_kafka(
     ]
     log = log_dir / "kafka.log"
     if not (data / "meta.properties").exists():
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        cluster_id = "-"
+        while cluster_id.startswith("-"):  # a leading "-" reads as an option: format fails
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
         fmt = [
             *jvm,
             "kafka.tools.StorageTool",

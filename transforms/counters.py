@@ -23,11 +23,25 @@ from apache_beam.transforms.userstate import (
 
 from transforms.late import EventClock
 from transforms.model import USER, FeatureUpdate
+from transforms.state_layout import StateLayout, StateLayoutError
 from transforms.ttl import IdleTtl
 
 
+def _drop_total(meta: dict[str, Any]) -> dict[str, Any]:
+    """Layout 1 -> 2: the total was kept beside the per-category counts."""
+    total = meta.pop("n")
+    if total != sum(meta["c"].values()):
+        raise StateLayoutError(f"LifetimeCounts state is inconsistent: total {total} "
+                               f"!= sum of category counts {meta['c']}")
+    return meta
+
+
+# Layout 2: {"c": {category: count}, "max_ts": int, "clock": int | None}; the total
+# is the sum of the counts (one number fewer to store, none that can disagree).
+LAYOUT = StateLayout("LifetimeCounts", 2, {1: _drop_total})
+
+
 class _CountsFn(beam.DoFn):
-    # {"n": total, "c": {category: count}, "max_ts": int, "clock": int | None}
     META = ReadModifyWriteStateSpec("meta", FastPrimitivesCoder())
     FINAL = TimerSpec("counts_final", beam.TimeDomain.WATERMARK)
     TTL = TimerSpec("counts_ttl", beam.TimeDomain.WATERMARK)
@@ -44,7 +58,7 @@ class _CountsFn(beam.DoFn):
         self._expired = Metrics.counter("ttl", f"{total_feature}_keys_expired")
 
     def _updates(self, key: str, meta: dict[str, Any], final: bool) -> Iterator[FeatureUpdate]:
-        yield FeatureUpdate(self._entity_type, key, self._total_feature, meta["n"],
+        yield FeatureUpdate(self._entity_type, key, self._total_feature, sum(meta["c"].values()),
                             meta["max_ts"], final)
         yield FeatureUpdate(self._entity_type, key, self._category_feature, dict(meta["c"]),
                             meta["max_ts"], final)
@@ -55,10 +69,9 @@ class _CountsFn(beam.DoFn):
                 ttl_timer=beam.DoFn.TimerParam(TTL)) -> Iterator[FeatureUpdate]:
         key, event = kv
         ts = event[self._time_field]
-        meta = meta_state.read() or {"n": 0, "c": {}, "max_ts": ts, "clock": None}
+        meta = LAYOUT.read(meta_state) or LAYOUT.new(c={}, max_ts=ts, clock=None)
         category = event[self._category_field]
         meta["c"][category] = meta["c"].get(category, 0) + 1
-        meta["n"] += 1
         if ts >= meta["max_ts"]:
             meta["max_ts"] = ts
             # One timer per key at the newest event: when the watermark passes it,
@@ -74,7 +87,7 @@ class _CountsFn(beam.DoFn):
     @on_timer(FINAL)
     def _final(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
                meta_state=beam.DoFn.StateParam(META)) -> Iterator[FeatureUpdate]:
-        meta = meta_state.read()
+        meta = LAYOUT.read(meta_state)
         if meta is None:
             return
         now = self._clock.tick(meta, fired)
@@ -85,7 +98,7 @@ class _CountsFn(beam.DoFn):
     @on_timer(TTL)
     def _expire(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
                 meta_state=beam.DoFn.StateParam(META)) -> Iterator[FeatureUpdate]:
-        meta = meta_state.read()
+        meta = LAYOUT.read(meta_state)
         if meta is None or not self._ttl.expired(meta["max_ts"], self._clock.now(fired)):
             return
         if meta["clock"] is None or meta["max_ts"] >= meta["clock"]:

@@ -23,9 +23,13 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP
 
 from transforms.late import LATE, EventClock, LateEvent, to_ms, too_late
 from transforms.model import CLICKS_IN_SESSION, SESSION_DURATION_S, USER, FeatureUpdate
+from transforms.state_layout import StateLayout
 
 # A session in state: [first_ts, last_ts, clicks, final_emitted]
 _FIRST, _LAST, _CLICKS, _FINAL = range(4)
+
+
+LAYOUT = StateLayout("SessionFeatures")  # version 1: see transforms/state_layout.py
 
 
 class _SessionFn(beam.DoFn):
@@ -56,7 +60,7 @@ class _SessionFn(beam.DoFn):
                 fire=beam.DoFn.TimerParam(FIRE)) -> Iterator[Any]:
         key, event = kv
         ts = event[self._time_field]
-        st = state.read() or {"s": [], "clock": None, "horizon": None}
+        st = LAYOUT.read(state) or {"s": [], "clock": None, "horizon": None}
         clock = st["clock"]
         # The event's own proto-session [ts, ts + gap) decides lateness, as in Beam;
         # and an event that would merge into a session already dropped from state
@@ -98,7 +102,7 @@ class _SessionFn(beam.DoFn):
     @on_timer(FIRE)
     def _fire(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
               state=beam.DoFn.StateParam(STATE)) -> Iterator[FeatureUpdate]:
-        st = state.read()
+        st = LAYOUT.read(state)
         if st is None:
             return
         now = self._clock.tick(st, fired)

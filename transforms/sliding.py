@@ -34,6 +34,9 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec
 from transforms import exact
 from transforms.late import LATE, EventClock, LateEvent, too_late
 from transforms.model import USER, FeatureUpdate
+from transforms.state_layout import StateLayout
+
+LAYOUT = StateLayout("SlidingSum")  # version 1: see transforms/state_layout.py
 
 
 class _SlidingSumFn(beam.DoFn):
@@ -100,7 +103,7 @@ class _SlidingSumFn(beam.DoFn):
                 fire=beam.DoFn.TimerParam(FIRE)) -> Iterator[Any]:
         key, event = kv
         ts = event[self._time_field]
-        st = state.read() or {"t": {}, "p": [], "clock": None}
+        st = LAYOUT.read(state) or {"t": {}, "p": [], "clock": None}
         clock = st["clock"]
         if clock is not None and too_late(ts, self._lateness, clock):
             self._late.inc()
@@ -133,7 +136,7 @@ class _SlidingSumFn(beam.DoFn):
     @on_timer(FIRE)
     def _fire(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
               state=beam.DoFn.StateParam(STATE)) -> Iterator[FeatureUpdate]:
-        st = state.read()
+        st = LAYOUT.read(state)
         if st is None:
             return
         now = self._clock.tick(st, fired)

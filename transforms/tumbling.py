@@ -23,6 +23,9 @@ from apache_beam.utils.timestamp import Timestamp
 from transforms import exact
 from transforms.late import LATE, EventClock, LateEvent, to_ms, too_late
 from transforms.model import USER, FeatureUpdate
+from transforms.state_layout import StateLayout
+
+LAYOUT = StateLayout("TumblingSum")  # version 1: see transforms/state_layout.py
 
 
 class _TumblingSumFn(beam.DoFn):
@@ -59,7 +62,7 @@ class _TumblingSumFn(beam.DoFn):
                 fire=beam.DoFn.TimerParam(FIRE)) -> Iterator[Any]:
         key, event = kv
         ts = event[self._time_field]
-        st = state.read() or {"w": {}, "clock": None}
+        st = LAYOUT.read(state) or {"w": {}, "clock": None}
         start = self._window_start(ts)
         end = start + self._size
         clock = st["clock"]
@@ -87,7 +90,7 @@ class _TumblingSumFn(beam.DoFn):
     @on_timer(FIRE)
     def _fire(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
               state=beam.DoFn.StateParam(STATE)) -> Iterator[FeatureUpdate]:
-        st = state.read()
+        st = LAYOUT.read(state)
         if st is None:
             return
         now = self._clock.tick(st, fired)

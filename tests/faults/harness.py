@@ -26,7 +26,7 @@ import redis
 from pipelines.generate import StreamSpec, generate, live_spec
 from pipelines.produce import SCHEMA_FILES, EventProducer
 from runners import services as rs
-from runners.flink import _rest, flink_jobs
+from runners.flink import _rest, checkpoint_stats, flink_jobs
 
 ROOT = Path(__file__).resolve().parents[2]
 # Sliding window (60 s) + out-of-orderness (10 s) + margin: every value is
@@ -75,10 +75,11 @@ class PipelineRun:
         args: the pipeline's own flags (topic, redis url, max records, ...).
         workdir: where the process's output files go.
         name: a label for the output files.
+        root: the source tree of the job (another version of it: ``git archive``).
     """
 
     def __init__(self, svc: rs.LocalServices, pipeline: str, args: list[str], workdir: Path,
-                 name: str, parallelism: int = 1) -> None:
+                 name: str, parallelism: int = 1, root: Path = ROOT) -> None:
         self.svc = svc
         self.stdout = workdir / f"{name}.stdout"
         self.stderr = workdir / f"{name}.stderr"
@@ -86,7 +87,7 @@ class PipelineRun:
         cmd = [sys.executable, "-m", f"pipelines.{pipeline}_features",
                *flink_args(svc, parallelism), *args]
         with open(self.stdout, "w") as out, open(self.stderr, "w") as err:
-            self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=err,
+            self.proc = subprocess.Popen(cmd, cwd=root, stdout=out, stderr=err,
                                          stdin=subprocess.DEVNULL)
         self.jid: str | None = None
 
@@ -132,6 +133,25 @@ class PipelineRun:
             return self.job_state()
         except Exception:  # noqa: BLE001 (the cluster may be gone during teardown)
             return None
+
+
+def wait_restored_and_checkpointed(svc: rs.LocalServices, jid: str, before: dict | None,
+                                    timeout: float = 240) -> dict:
+    """Until the job restored from a checkpoint newer than ``before`` and then completed a
+    checkpoint of its own: it runs again, from its state, and makes progress."""
+    deadline = time.monotonic() + timeout
+    restored: dict | None = None
+    while time.monotonic() < deadline:
+        stats = checkpoint_stats(svc.ports.flink_rest, jid)
+        latest = stats.get("latest", {})
+        restored = latest.get("restored")
+        done = latest.get("completed") or {}
+        if (restored and restored != before
+                and done.get("latest_ack_timestamp", 0) > restored["restore_timestamp"]):
+            return restored
+        time.sleep(1)
+    raise AssertionError(f"job {jid} did not restore and checkpoint in {timeout}s "
+                         f"(restored: {restored})")
 
 
 def pipeline_flags(topic: str, redis_url: str, records: int, stop_at_ms: int,

@@ -34,25 +34,6 @@ def _restored(svc: rs.LocalServices, jid: str) -> dict | None:
     return checkpoint_stats(svc.ports.flink_rest, jid).get("latest", {}).get("restored")
 
 
-def _wait_restored_and_checkpointed(svc: rs.LocalServices, jid: str, before: dict | None,
-                                    timeout: float = 240) -> dict:
-    """Until the job restored from a checkpoint newer than ``before`` and then completed a
-    checkpoint of its own: it runs again, from its state, and makes progress."""
-    deadline = time.monotonic() + timeout
-    restored: dict | None = None
-    while time.monotonic() < deadline:
-        stats = checkpoint_stats(svc.ports.flink_rest, jid)
-        latest = stats.get("latest", {})
-        restored = latest.get("restored")
-        done = latest.get("completed") or {}
-        if (restored and restored != before
-                and done.get("latest_ack_timestamp", 0) > restored["restore_timestamp"]):
-            return restored
-        time.sleep(1)
-    raise AssertionError(f"job {jid} did not restore and checkpoint in {timeout}s "
-                         f"(restored: {restored})")
-
-
 def kill_taskmanager(svc: rs.LocalServices) -> None:
     """SIGKILL the TaskManager's process group, then start a new one with the same config."""
     restart_taskmanager(svc)
@@ -82,7 +63,7 @@ def test_kills_and_cancellations_restore_exactly(svc, tmp_path, figures):
             t0 = time.monotonic()
             if action == "kill_taskmanager":
                 kill_taskmanager(svc)
-                _wait_restored_and_checkpointed(svc, jid, before)
+                h.wait_restored_and_checkpointed(svc, jid, before)
             else:
                 latest = checkpoint_stats(svc.ports.flink_rest, jid)["latest"]["completed"]
                 assert latest, "no checkpoint to resubmit from"
@@ -92,7 +73,7 @@ def test_kills_and_cancellations_restore_exactly(svc, tmp_path, figures):
                 run = h.PipelineRun(svc, "ride", [*flags, f"--savepoint_path={path}"],
                                     tmp_path, f"crash-{n}")
                 jid = run.wait_running()
-                restored = _wait_restored_and_checkpointed(svc, jid, None)
+                restored = h.wait_restored_and_checkpointed(svc, jid, None)
                 assert restored["external_path"].rstrip("/") == path.rstrip("/"), restored
             restore_s.append(round(time.monotonic() - t0, 1))
             survived[action] += 1

@@ -1,18 +1,31 @@
-"""Schema evolution on a live topic: the producer switches from v1 to v2 mid-stream.
+"""Schema evolution on a live topic, and a state layout change between two job versions.
 
+The producer switches from v1 to v2 mid-stream:
 v2 adds the optional ``deviceType`` and is registered under a new schema id
 (2; v1 is 1). A pipeline reading with the v1 schema and one reading with v2
 consume the same topic, each with its own consumer group (the v1 reader live
 through the switch, the v2 reader afterwards from offset 0): both must
 produce the reference features of every event, none a dead letter.
+
+The job itself evolves too: the previous version of the ride job (an export
+of ``LAYOUT_1_COMMIT``, whose lifetime counters kept a total beside the
+per-category counts: state layout 1) is stopped with a savepoint mid-stream,
+and the current version (layout 2, upgraded on read: transforms/state_layout.py)
+restores from it and finishes the stream: the features equal the reference.
 """
 
 from __future__ import annotations
+
+import random
+import subprocess
+import time
+from pathlib import Path
 
 import pytest
 
 import schemas
 from pipelines.generate import StreamSpec
+from runners.flink import stop_with_savepoint
 from tests.faults import harness as h
 from tests.integration.test_pipelines import redis_features
 
@@ -65,3 +78,58 @@ def test_v1_and_v2_readers_follow_a_mid_stream_schema_switch(svc, tmp_path, figu
         assert summary["kafka.records_committed"] == len(events), reader
         assert dead == [], (reader, dead[:2])
         assert got == want, reader
+
+
+# The last commit whose LifetimeCounts state is layout 1 ({"n", "c", "max_ts", "clock"}).
+LAYOUT_1_COMMIT = "386febf"
+LAYOUT_SPEC = StreamSpec(events=2_400, users=30, rate_per_s=40, disorder_ms=3_000,
+                         late_fraction=0.0, seed=21)
+
+
+def export_job_version(commit: str, dest: Path) -> Path:
+    """The source tree of ``commit`` (another version of the job) under ``dest``."""
+    dest.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(h.ROOT), "archive", "--format=tar", commit],
+                             check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest
+
+
+@pytest.mark.slow
+def test_state_layout_change_restores_from_savepoint(svc, tmp_path, figures):
+    """Job version 1 (counters in layout 1) runs mid-stream and is stopped with a
+    savepoint; version 2 (layout 2) restores from it and finishes: exact features."""
+    old = export_job_version(LAYOUT_1_COMMIT, tmp_path / "job-layout-1")
+    assert '"n": 0' in (old / "transforms" / "counters.py").read_text(), "not layout 1"
+    topic, group, db = "faults-layout", "faults-layout-group", 8
+    svc.create_topic(topic, partitions=2)
+    events = h.live_events("ride", LAYOUT_SPEC, lead_ms=20_000)
+    flags = h.pipeline_flags(topic, f"redis://127.0.0.1:{svc.ports.redis}/{db}", len(events),
+                             h.settle_ms(events), tmp_path, f"--consumer_group={group}")
+    run = h.PipelineRun(svc, "ride", flags, tmp_path, "layout-1", root=old)
+    jid = run.wait_running()
+    sender = h.send_in_background(svc, topic, "ride", events, LAYOUT_SPEC.rate_per_s)
+    try:
+        time.sleep(random.Random(8).uniform(25, 40))
+        assert sender.is_alive(), "the stream ended before the upgrade"
+        savepoint = stop_with_savepoint(svc.ports.flink_rest, jid,
+                                        (svc.savepoint_dir / "layout").resolve().as_uri())
+        stopped_at = time.monotonic()
+        run.kill()
+        run = h.PipelineRun(svc, "ride", [*flags, f"--savepoint_path={savepoint}"], tmp_path,
+                            "layout-2")
+        jid = run.wait_running()
+        restored = h.wait_restored_and_checkpointed(svc, jid, None)
+        assert restored["is_savepoint"], restored
+        upgrade_s = round(time.monotonic() - stopped_at, 1)
+        h.join_sender(sender)
+        summary = run.finish()
+    finally:
+        run.kill()
+    import redis
+
+    got = redis_features(redis.Redis(port=svc.ports.redis, db=db, decode_responses=True))
+    figures.update(layout_versions="1 -> 2", savepoint_restores=1, upgrade_s=upgrade_s,
+                   valid_records=len(events))
+    assert summary["kafka.records_committed"] == len(events)
+    assert got == h.reference_for("ride")(events)

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from runners.services import ServicePorts, default_state_dir
+from runners.services import LocalServices, ServicePorts, default_state_dir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +143,18 @@ def flink_pipeline_args(
 
 
 # --------------------------------------------------------------------------- Flink REST helpers
+
+
+def service_args(svc: LocalServices, parallelism: int = 1,
+                 checkpoint_interval_ms: int = 2_000) -> list[str]:
+    """FlinkRunner flags for a job on ``svc``'s services (any ports, its own checkpoint
+    directory): the product preset, with checkpoints every ``checkpoint_interval_ms``.
+    Tests and benchmarks use it for clusters on free ports."""
+    preset = FlinkPreset.local(svc.ports, state_dir=svc.state_dir, parallelism=parallelism,
+                               checkpoint_interval_ms=checkpoint_interval_ms,
+                               min_pause_ms=min(500, checkpoint_interval_ms))
+    return [*preset.pipeline_args(), f"--expansion_service={svc.ports.expansion_address}",
+            f"--bootstrap_servers={svc.ports.bootstrap_servers}"]
 
 
 def _rest(

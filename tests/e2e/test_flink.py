@@ -22,7 +22,7 @@ import pytest
 from pipelines.generate import StreamSpec, generate, live_spec
 from pipelines.produce import SCHEMA_FILES, EventProducer, send_all
 from runners import services as rs
-from runners.flink import flink_jobs, wait_for_running_job
+from runners.flink import flink_jobs, service_args, wait_for_running_job
 from tests import reference
 from tests.integration.test_pipelines import redis_features
 
@@ -35,24 +35,9 @@ SPEC = StreamSpec(events=2_000, users=30, rate_per_s=100, disorder_ms=5_000,
 
 @pytest.fixture(scope="module")
 def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[rs.LocalServices]:
-    services = rs.LocalServices(ports=rs.ServicePorts.free(),
-                                state_dir=tmp_path_factory.mktemp("services"))
-    services.up()
-    try:
+    with rs.local_services(ports=rs.ServicePorts.free(),
+                           state_dir=tmp_path_factory.mktemp("services")) as services:
         yield services
-    finally:
-        services.down()
-
-
-def flink_args(svc: rs.LocalServices, parallelism: int = 1) -> list[str]:
-    p = svc.ports
-    return ["--runner=FlinkRunner", f"--flink_master={p.flink_master}",
-            f"--job_endpoint={p.job_endpoint}", f"--expansion_service={p.expansion_address}",
-            f"--bootstrap_servers={p.bootstrap_servers}",
-            f"--state_backend_storage_path={svc.checkpoint_dir.resolve().as_uri()}",
-            "--checkpointing_interval=2000", "--min_pause_between_checkpoints=500",
-            "--finish_bundle_before_checkpointing",
-            f"--parallelism={parallelism}"]
 
 
 def run_on_flink(svc: rs.LocalServices, pipeline: str, spec: StreamSpec, topic: str,
@@ -66,7 +51,7 @@ def run_on_flink(svc: rs.LocalServices, pipeline: str, spec: StreamSpec, topic: 
     """
     svc.create_topic(topic, partitions=2)
     before = {j["jid"] for j in flink_jobs(svc.ports.flink_rest)}
-    args = [sys.executable, "-m", f"pipelines.{pipeline}_features", *flink_args(svc, parallelism),
+    args = [sys.executable, "-m", f"pipelines.{pipeline}_features", *service_args(svc, parallelism),
             f"--topic={topic}", f"--max_records={spec.events}", "--run_timeout_s=600",
             f"--redis_url=redis://127.0.0.1:{svc.ports.redis}/{redis_db}",
             f"--feature_log={tmp / f'{topic}.jsonl'}",

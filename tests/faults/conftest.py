@@ -38,13 +38,9 @@ _SETUP_S: dict[str, float] = {}
 @pytest.fixture(scope="session")
 def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[rs.LocalServices]:
     """Kafka, Redis, Flink, expansion service and job server on free ports."""
-    services = rs.LocalServices(ports=rs.ServicePorts.free(),
-                                state_dir=tmp_path_factory.mktemp("services"))
-    services.up()
-    try:
+    with rs.local_services(ports=rs.ServicePorts.free(),
+                           state_dir=tmp_path_factory.mktemp("services")) as services:
         yield services
-    finally:
-        services.down()
 
 
 @pytest.fixture(autouse=True)

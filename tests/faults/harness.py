@@ -26,7 +26,7 @@ import redis
 from pipelines.generate import StreamSpec, generate, live_spec
 from pipelines.produce import SCHEMA_FILES, EventProducer
 from runners import services as rs
-from runners.flink import _rest, checkpoint_stats, flink_jobs
+from runners.flink import _rest, checkpoint_stats, flink_jobs, service_args
 
 ROOT = Path(__file__).resolve().parents[2]
 # Sliding window (60 s) + out-of-orderness (10 s) + margin: every value is
@@ -37,20 +37,15 @@ LEAD_MS = 5_000
 
 
 def flink_args(svc: rs.LocalServices, parallelism: int = 1, retries: int = 50) -> list[str]:
-    """FlinkRunner flags for the suite's cluster (checkpoints every 2 s).
+    """The product's FlinkRunner flags for the suite's cluster (checkpoints every 2 s),
+    plus a job restart budget.
 
     ``--number_of_execution_retries`` gives the job its own fixed-delay restart
     strategy: the cluster default (3 attempts in the job's lifetime) would
     fail a job that loses its TaskManager a fourth time.
     """
-    p = svc.ports
-    return ["--runner=FlinkRunner", f"--flink_master={p.flink_master}",
-            f"--job_endpoint={p.job_endpoint}", f"--expansion_service={p.expansion_address}",
-            f"--bootstrap_servers={p.bootstrap_servers}",
-            f"--state_backend_storage_path={svc.checkpoint_dir.resolve().as_uri()}",
-            "--checkpointing_interval=2000", "--min_pause_between_checkpoints=500",
+    return [*service_args(svc, parallelism),
             f"--number_of_execution_retries={retries}", "--execution_retry_delay=2000",
-            f"--parallelism={parallelism}",
             # For trying a preset change against the whole suite, e.g.
             # RTF_FAULTS_FLINK_ARGS=--finish_bundle_before_checkpointing
             *os.environ.get("RTF_FAULTS_FLINK_ARGS", "").split()]

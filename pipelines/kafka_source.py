@@ -23,6 +23,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam import pvalue
 
+from pipelines.kafka_dialects import for_java, for_python
 from pipelines.options import FeatureOptions, bootstrap_servers
 from transforms.decode import DecodeConfluentAvro, EventSchema
 
@@ -30,8 +31,10 @@ from transforms.decode import DecodeConfluentAvro, EventSchema
 def kafka_client_config(options: FeatureOptions) -> dict[str, str]:
     """Extra Kafka client settings (SASL/SSL, ...) from ``--kafka_config``.
 
-    ``--kafka_config`` is a JSON object or ``@path`` to a JSON file. The values
-    (passwords included) go to the Kafka clients only, never to logs.
+    ``--kafka_config`` is a JSON object or ``@path`` to a JSON file, in
+    librdkafka's names (``pipelines.kafka_dialects`` gives the Java client its
+    own). The values (passwords included) go to the Kafka clients only, never
+    to logs.
     """
     raw = options.kafka_config
     if not raw:
@@ -81,7 +84,7 @@ class ReadEventsFromKafka(beam.PTransform):
         opts = self._options
         read = _read_from_kafka()
         records = pbegin | "ReadFromKafka" >> read(
-            consumer_config=consumer_config(opts, self._schema),
+            consumer_config=for_java(consumer_config(opts, self._schema)),
             topics=[opts.topic],
             expansion_service=opts.expansion_service,
             # Not max_num_records: a bounded KafkaIO read hangs on the local
@@ -105,8 +108,8 @@ class WriteLinesToKafka(beam.PTransform):
     def expand(self, records: beam.PCollection) -> pvalue.PDone:
         from runners.kafka_io import WriteToKafka
 
-        producer = {"bootstrap.servers": bootstrap_servers(self._options),
-                    **kafka_client_config(self._options)}
+        producer = for_java({"bootstrap.servers": bootstrap_servers(self._options),
+                             **kafka_client_config(self._options)})
         return (records
                 | "ToKafkaRecord" >> beam.Map(
                     lambda r: (b"", r.to_json().encode("utf-8"))).with_output_types(
@@ -124,7 +127,7 @@ def committed_records(config: dict[str, str], topic: str) -> int:
     """
     from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-    consumer = Consumer({**config, "enable.auto.commit": False})
+    consumer = Consumer({**for_python(config), "enable.auto.commit": False})
     try:
         meta = consumer.list_topics(topic, timeout=10)
         partitions = [TopicPartition(topic, p) for p in meta.topics[topic].partitions]

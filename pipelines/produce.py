@@ -23,6 +23,7 @@ from typing import Any
 
 import schemas
 from pipelines.generate import StreamSpec, generate
+from pipelines.kafka_dialects import for_python
 from transforms.decode import EventSchema, InvalidEvent, encode_confluent, parse_json_line
 
 SCHEMA_FILES = {"user": schemas.USER_EVENT_V2, "ride": schemas.RIDE_EVENT}
@@ -54,7 +55,7 @@ class EventProducer:
         from confluent_kafka import Producer
 
         self._producer = Producer({"bootstrap.servers": bootstrap_servers, "linger.ms": 5,
-                                   "enable.idempotence": True, **(config or {})})
+                                   "enable.idempotence": True, **for_python(config or {})})
         self._topic = topic
         self._schema_file = schema_file
         self._schema_id = schemas.schema_id_for(schema_file) if schema_id is None else schema_id

@@ -44,7 +44,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -457,10 +457,37 @@ def _tail(path: Path, lines: int = 25) -> str:
 # --------------------------------------------------------------------------- services
 
 
+def _properties_text(value: str) -> str:
+    """``value`` for a Java .properties file (read as ISO-8859-1: escape the rest)."""
+    return "".join(c if ord(c) < 128 else f"\\u{ord(c):04x}" for c in value)
+
+
+def _sasl_listener(port: int | None, users: Mapping[str, str] | None) -> dict[str, str]:
+    """server.properties lines of a SASL_PLAINTEXT (PLAIN) listener for ``users``."""
+    if port is None:
+        return {"listener": "", "advertised": "", "map": "", "jaas": ""}
+    if not users:
+        raise ValueError("a SASL listener needs users")
+    accounts = " ".join(f'user_{u}="{_properties_text(pw)}"' for u, pw in users.items())
+    return {"listener": f",SASL_PLAINTEXT://127.0.0.1:{port}",
+            "advertised": f",SASL_PLAINTEXT://localhost:{port}",
+            "map": ",SASL_PLAINTEXT:SASL_PLAINTEXT",
+            "jaas": "sasl.enabled.mechanisms=PLAIN\n"
+                    "listener.name.sasl_plaintext.plain.sasl.jaas.config="
+                    f"org.apache.kafka.common.security.plain.PlainLoginModule required {accounts};"}
+
+
 def start_kafka(
-    port: int, controller_port: int, state_dir: Path, log_dir: Path, timeout: float = 90.0
+    port: int, controller_port: int, state_dir: Path, log_dir: Path, timeout: float = 90.0,
+    sasl_port: int | None = None, sasl_users: Mapping[str, str] | None = None,
 ) -> ServiceHandle:
-    """Single-node KRaft broker+controller; auto topic creation is OFF (use create_topic)."""
+    """Single-node KRaft broker+controller; auto topic creation is OFF (use create_topic).
+
+    With ``sasl_port``, a second listener there takes SASL/PLAIN logins of
+    ``sasl_users`` (name -> password): for testing the clients' security
+    settings; the PLAINTEXT listener stays (readiness, admin).
+    """
+    sasl = _sasl_listener(sasl_port, sasl_users)
     home = state_dir / "kafka"
     data = home / "data"
     home.mkdir(parents=True, exist_ok=True)
@@ -471,9 +498,12 @@ def start_kafka(
                 "process.roles=broker,controller",
                 "node.id=1",
                 f"controller.quorum.voters=1@127.0.0.1:{controller_port}",
-                f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
-                f"advertised.listeners=PLAINTEXT://localhost:{port}",
-                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}"
+                + sasl["listener"],
+                f"advertised.listeners=PLAINTEXT://localhost:{port}" + sasl["advertised"],
+                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+                + sasl["map"],
+                sasl["jaas"],
                 "controller.listener.names=CONTROLLER",
                 "inter.broker.listener.name=PLAINTEXT",
                 f"log.dirs={data}",

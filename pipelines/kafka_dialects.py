@@ -57,6 +57,18 @@ def _quoted(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def _jaas_config(config: Mapping[str, str]) -> str | None:
+    mechanism = config.get("sasl.mechanism", "GSSAPI").upper()  # librdkafka's default
+    module = _LOGIN_MODULES.get(mechanism)
+    if module is None:
+        if config.get("security.protocol", "").upper().startswith("SASL"):
+            raise ValueError(f"--kafka_config: sasl.mechanism {mechanism} has no login "
+                             f"module mapping for the Java client; give sasl.jaas.config")
+        return None  # no SASL in use: neither client reads the credentials
+    return (f"{module} required username={_quoted(config['sasl.username'])}"
+            f" password={_quoted(config.get('sasl.password', ''))};")
+
+
 def for_java(config: Mapping[str, str]) -> dict[str, str]:
     """The settings for the Java client of KafkaIO (see the module doc for the mapping).
 
@@ -68,13 +80,9 @@ def for_java(config: Mapping[str, str]) -> dict[str, str]:
            if k not in ("sasl.username", "sasl.password", "ssl.ca.location",
                         "ssl.certificate.location", "ssl.key.location")}
     if "sasl.username" in config and "sasl.jaas.config" not in config:
-        mechanism = config.get("sasl.mechanism", "GSSAPI").upper()
-        module = _LOGIN_MODULES.get(mechanism)
-        if module is None:
-            raise ValueError(f"--kafka_config: sasl.mechanism {mechanism} has no login module "
-                             f"mapping for the Java client; give sasl.jaas.config as well")
-        out["sasl.jaas.config"] = (f"{module} required username={_quoted(config['sasl.username'])}"
-                                   f" password={_quoted(config.get('sasl.password', ''))};")
+        jaas = _jaas_config(config)
+        if jaas is not None:
+            out["sasl.jaas.config"] = jaas
     if "ssl.ca.location" in config and "ssl.truststore.location" not in config:
         out["ssl.truststore.type"] = "PEM"
         out["ssl.truststore.location"] = config["ssl.ca.location"]

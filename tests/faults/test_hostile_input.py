@@ -132,7 +132,8 @@ def hostile_run(svc, tmp_path_factory) -> dict[str, Any]:
     step = max(1, len(items) // len(bad))
     for i, (_, value) in enumerate(bad):
         items.insert(i * (step + 1), (value, "" if i % 2 else None))
-    kafka_config = json.dumps({"sasl.username": "faults", "sasl.password": KAFKA_PASSWORD})
+    kafka_config = json.dumps({"sasl.mechanism": "PLAIN", "sasl.username": "faults",
+                                   "sasl.password": KAFKA_PASSWORD})
     with h.RedisProcess(workdir, persist=False, password=REDIS_PASSWORD) as auth_redis:
         flags = h.pipeline_flags(
             topic, auth_redis.url(0), len(items),

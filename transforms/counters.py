@@ -137,4 +137,4 @@ class LifetimeCounts(beam.PTransform):
 
     def expand(self, keyed: beam.PCollection) -> beam.PCollection:
         return keyed | "Count" >> beam.ParDo(self._fn).with_input_types(
-            tuple[str, dict[str, Any]])
+            tuple[str, dict[str, Any]]).with_output_types(FeatureUpdate)

@@ -67,40 +67,58 @@ class EventSchema:
         schema_file: a file name in ``schemas/``.
         time_field: the long field holding the event time (epoch ms).
         limits: size bounds.
+        entity_field: the string field the features are keyed by: an empty or
+            blank id is invalid (it would name no entity, and one Redis hash
+            would collect every such event).
     """
 
     def __init__(self, schema_file: str, time_field: str = "eventTimestamp",
-                 limits: Limits | None = None) -> None:
+                 limits: Limits | None = None, entity_field: str = "userId") -> None:
         self.schema_file = schema_file
         self.parsed = schemas.load_schema(schema_file)
         self.name = self.parsed["name"].rsplit(".", 1)[-1]
         self.time_field = time_field
+        self.entity_field = entity_field
         self.limits = limits or Limits()
-        self._fields: list[tuple[str, tuple[str, ...], bool, Any]] = []
+        # Per field: name, types, default, and each type's test bound once here,
+        # so validating an event dispatches on nothing.
+        self._fields: list[tuple[str, tuple[str, ...], bool, Any,
+                                 tuple[tuple[_Conformer, Any], ...]]] = []
         for field in schemas.raw_schema(schema_file)["fields"]:
             kinds = field["type"] if isinstance(field["type"], list) else [field["type"]]
             if not all(isinstance(k, str) for k in kinds):
                 raise ValueError(f"{schema_file}: only primitive fields are supported")
             self._fields.append(
-                (field["name"], tuple(kinds), "default" in field, field.get("default")))
+                (field["name"], tuple(kinds), "default" in field, field.get("default"),
+                 tuple(_conformer(kind, self.limits) for kind in kinds)))
 
     def validate(self, record: Any) -> dict[str, Any]:
         """Returns the event (reader-schema fields only) or raises ``InvalidEvent``."""
         if not isinstance(record, dict):
             raise InvalidEvent(f"not an object: a JSON {_json_kind(record)}")
         event: dict[str, Any] = {}
-        for name, kinds, has_default, default in self._fields:
+        for name, kinds, has_default, default, tests in self._fields:
             if name not in record:
                 if has_default:
                     event[name] = default
                     continue
                 raise InvalidEvent(f"missing required field {name!r}")
-            event[name] = self._check(name, kinds, record[name])
+            value = record[name]
+            for test, bound in tests:
+                ok, converted = test(value, bound)
+                if ok:
+                    event[name] = converted
+                    break
+            else:  # a wrapped union value, or an error: the general path says which
+                event[name] = self._check(name, kinds, value)
         ts = event[self.time_field]
         if not MIN_EVENT_MS <= ts <= MAX_EVENT_MS:
             raise InvalidEvent(
                 f"{self.time_field} {ts} is outside Beam's timestamp range "
                 f"[{MIN_EVENT_MS}, {MAX_EVENT_MS}] ms")
+        entity = event.get(self.entity_field)
+        if isinstance(entity, str) and not entity.strip():
+            raise InvalidEvent(f"field {self.entity_field!r} is empty: no entity to key by")
         return event
 
     def _check(self, name: str, kinds: tuple[str, ...], value: Any) -> Any:
@@ -121,26 +139,57 @@ class EventSchema:
             + (" (too long)" if isinstance(value, str) and "string" in kinds else ""))
 
 
-def _conform(kind: str, value: Any, limits: Limits) -> tuple[bool, Any]:
-    if kind == "null":
-        return value is None, None
-    if kind == "string":
-        return isinstance(value, str) and len(value) <= limits.max_string_chars, value
-    if kind == "boolean":
-        return isinstance(value, bool), value
+# The test of one Avro primitive type: (value, bound) -> (conforms, value as that type).
+_Conformer = Callable[[Any, Any], tuple[bool, Any]]
+
+
+def _is_null(value: Any, _: Any) -> tuple[bool, Any]:
+    return value is None, None
+
+
+def _is_string(value: Any, max_chars: int) -> tuple[bool, Any]:
+    return isinstance(value, str) and len(value) <= max_chars, value
+
+
+def _is_boolean(value: Any, _: Any) -> tuple[bool, Any]:
+    return isinstance(value, bool), value
+
+
+def _is_integer(value: Any, bounds: tuple[int, int]) -> tuple[bool, Any]:
     if isinstance(value, bool):  # bool is an int in Python, never a number in Avro
         return False, None
-    if kind in ("int", "long"):
-        lo, hi = _INT32 if kind == "int" else _INT64
-        return isinstance(value, int) and lo <= value <= hi, value
-    if kind in ("double", "float"):
-        if isinstance(value, int):
-            try:
-                value = float(value)
-            except OverflowError:
-                return False, None
-        return isinstance(value, float) and math.isfinite(value), value
+    return isinstance(value, int) and bounds[0] <= value <= bounds[1], value
+
+
+def _is_floating(value: Any, _: Any) -> tuple[bool, Any]:
+    if isinstance(value, bool):
+        return False, None
+    if isinstance(value, int):
+        try:
+            value = float(value)
+        except OverflowError:
+            return False, None
+    return isinstance(value, float) and math.isfinite(value), value
+
+
+def _never(value: Any, _: Any) -> tuple[bool, Any]:
     return False, None
+
+
+def _conformer(kind: str, limits: Limits) -> tuple[_Conformer, Any]:
+    """The test of Avro type ``kind`` and the bound it is called with."""
+    if kind == "string":
+        return _is_string, limits.max_string_chars
+    if kind in ("int", "long"):
+        return _is_integer, _INT32 if kind == "int" else _INT64
+    simple: dict[str, _Conformer] = {"null": _is_null, "boolean": _is_boolean,
+                                     "double": _is_floating, "float": _is_floating}
+    return simple.get(kind, _never), None
+
+
+def _conform(kind: str, value: Any, limits: Limits) -> tuple[bool, Any]:
+    test, bound = _conformer(kind, limits)
+    return test(value, bound)
 
 
 def _json_kind(value: Any) -> str:

@@ -44,6 +44,12 @@ def test_int_is_a_valid_double_and_becomes_float():
     assert parse_json_line(line(eventValue=3), USER_V1)["eventValue"] == 3.0
 
 
+@pytest.mark.parametrize("device, expected", [
+    ("ios", "ios"), (None, None), ({"string": "ios"}, "ios"), ({"null": None}, None)])
+def test_union_values_plain_or_avro_json_wrapped(device, expected):
+    assert parse_json_line(line(deviceType=device), USER_V2)["deviceType"] == expected
+
+
 @pytest.mark.parametrize("bad, reason", [
     ("not json", "not JSON"),
     ("[1, 2]", "not an object"),
@@ -64,6 +70,8 @@ def test_int_is_a_valid_double_and_becomes_float():
      "finite"),
     ('{"userId": "u", "eventType": "c", "eventValue": 1e999, "eventTimestamp": 1}', "finite"),
     (line(deviceType=3), "must be null or string"),
+    (line(userId=""), "'userId' is empty"),
+    (line(userId=" \t"), "'userId' is empty"),
 ])
 def test_bad_lines_are_invalid_with_a_reason(bad, reason):
     with pytest.raises(InvalidEvent, match=reason.replace("(", r"\(")):

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import platform
 import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
 from importlib import metadata
 from pathlib import Path
@@ -95,6 +97,28 @@ def code_identity() -> dict[str, Any]:
         "changed_paths": [line[3:] for line in changed],
         "diff_id": hashlib.sha1(diff.encode()).hexdigest()[:10] if changed else None,
     }
+
+
+def commit_identity(rev: str) -> dict[str, str]:
+    """The commit ``rev`` names (any git revision), as ``code_identity`` spells it."""
+    commit = _git("rev-parse", "--verify", "--quiet", "--short=12", f"{rev}^{{commit}}")
+    if not commit:
+        raise ValueError(f"{rev!r} is not a commit of {ROOT}")
+    return {"rev": rev, "commit": commit, "subject": _git("log", "-1", "--format=%s", commit)}
+
+
+def export_commit(rev: str, dest: Path) -> dict[str, str]:
+    """Writes the tree of commit ``rev`` into ``dest`` (``git archive``); returns its identity.
+
+    A "before" measurement runs the old code from there, while the harness
+    itself stays the current one.
+    """
+    identity = commit_identity(rev)
+    done = subprocess.run(["git", "archive", "--format=tar", identity["commit"]], cwd=ROOT,
+                          capture_output=True, check=True)
+    with tarfile.open(fileobj=io.BytesIO(done.stdout)) as archive:
+        archive.extractall(dest, filter="data")
+    return identity
 
 
 def now_iso() -> str:

@@ -13,11 +13,19 @@ of the big run over its extra seconds compared to a small run, i.e. the rate
 once started. A bounded replay fires its event-time timers only at the end
 (the watermark jumps to +inf), so per-key state holds the whole replay while
 it runs: that is the regime measured here.
+
+With ``--before REV``, the same runs (same streams, same harness, interleaved
+run by run so both see the same machine load) and the same profile are made
+of the pipelines of commit ``REV`` too, exported with ``git archive`` into a
+temporary directory and started from there (its own ``pipelines/``,
+``transforms/``, ... first on ``sys.path``, checked once per run): the table
+then shows before and after side by side.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import pstats
 import resource
 import subprocess
@@ -25,11 +33,12 @@ import sys
 import sysconfig
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from benchmarks import baseline
-from benchmarks.env import ROOT
+from benchmarks.env import ROOT, export_commit
 from benchmarks.measure import best_of
 from benchmarks.store import RESULTS_DIR
 from pipelines.generate import MALFORMED, StreamSpec, generate, write_jsonl
@@ -52,18 +61,26 @@ _PIPELINES = {
              ("amount_sum_60s",)),
 }
 
-_OURS = tuple(str(ROOT / d) + "/" for d in ("transforms", "pipelines", "serving", "runners"))
+_OUR_DIRS = ("transforms", "pipelines", "serving", "runners")
 _STDLIB = sysconfig.get_paths()["stdlib"] + "/"
 
 
-def _pipeline_seconds(name: str, path: Path, workdir: Path, profile: Path | None = None
-                      ) -> tuple[float, float, dict[str, int]]:
+def _env(root: Path) -> dict[str, str]:
+    """The environment of a pipeline run from the tree at ``root``: its code first."""
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": str(root) + (os.pathsep + path if path else "")}
+
+
+def _pipeline_seconds(name: str, path: Path, workdir: Path, profile: Path | None = None,
+                      root: Path = ROOT) -> tuple[float, float, dict[str, int]]:
     """(wall seconds, CPU seconds, counters) of one run of the pipeline's CLI.
 
     A fresh interpreter per run, as a user runs it: what the process has
     imported matters (Beam's state cache walks every module's globals when it
     sizes a value), so the benchmark's own imports must not leak in. With
     ``profile``, cProfile covers ``main()`` (imports excluded) and dumps there.
+    ``root`` is the tree whose pipeline runs (the working tree, or an exported
+    commit): the process starts there, so its packages come first on ``sys.path``.
     """
     args = ["--runner=DirectRunner", f"--input={path}",
             f"--dead_letter={workdir / f'{name}-dead.jsonl'}"]
@@ -76,7 +93,7 @@ def _pipeline_seconds(name: str, path: Path, workdir: Path, profile: Path | None
         command = [sys.executable, "-c", code, str(profile), *args]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run(command, cwd=root, env=_env(root), capture_output=True, text=True)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
@@ -87,8 +104,8 @@ def _pipeline_seconds(name: str, path: Path, workdir: Path, profile: Path | None
     return wall, cpu, counters
 
 
-def _category(filename: str) -> str:
-    if filename.startswith(_OURS):
+def _category(filename: str, root: Path = ROOT) -> str:
+    if filename.startswith(tuple(f"{root / d}/" for d in _OUR_DIRS)):
         return "ours"
     if "/apache_beam/" in filename:
         return "beam"
@@ -99,11 +116,13 @@ def _category(filename: str) -> str:
     return "other"
 
 
-def _label(func: tuple[str, int, str]) -> str:
+def _label(func: tuple[str, int, str], root: Path = ROOT) -> str:
     filename, line, name = func
     if filename == "~":
         return name
-    if filename.startswith(str(ROOT) + "/"):
+    if filename.startswith(str(root) + "/"):
+        filename = filename[len(str(root)) + 1:]
+    elif filename.startswith(str(ROOT) + "/"):
         filename = filename[len(str(ROOT)) + 1:]
     elif "/site-packages/" in filename:
         filename = filename.split("/site-packages/", 1)[1]
@@ -112,12 +131,15 @@ def _label(func: tuple[str, int, str]) -> str:
     return f"{filename}:{line}({name})"
 
 
-def profile_summary(profile: Path, events: int, top: int) -> dict[str, Any]:
-    """Where the time went, in microseconds per event, from a cProfile dump."""
+def profile_summary(profile: Path, events: int, top: int, root: Path = ROOT) -> dict[str, Any]:
+    """Where the time went, in microseconds per event, from a cProfile dump.
+
+    ``root``: the tree the profiled pipeline ran from (its files are "ours").
+    """
     stats = pstats.Stats(str(profile)).stats  # type: ignore[attr-defined]
     rows = []
     for func, (_, ncalls, tottime, cumtime, _) in stats.items():
-        rows.append({"function": _label(func), "category": _category(func[0]),
+        rows.append({"function": _label(func, root), "category": _category(func[0], root),
                      "calls": ncalls, "calls_per_event": ncalls / events,
                      "own_us_per_event": tottime / events * 1e6,
                      "cum_us_per_event": cumtime / events * 1e6})
@@ -154,26 +176,90 @@ def _reference_run(lines: list[str], name: str) -> Any:
     return ref(events)
 
 
-def _bench_pipeline(name: str, size: dict[str, Any], workdir: Path) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Before:
+    """The pipeline code of an older commit, exported to measure it beside the current one.
+
+    Attributes:
+        root: the exported tree.
+        rev: the revision asked for (e.g. ``9d59315``).
+        commit: the commit it names (12 hex digits).
+        subject: that commit's subject line.
+        imported_from: ``module -> __file__`` as a ``python -m`` run from ``root``
+            imports them (proof that the exported code, not the checkout, runs).
+    """
+
+    root: Path
+    rev: str
+    commit: str
+    subject: str
+    imported_from: dict[str, str]
+
+
+_WHERE = "_rtf_bench_where"
+
+
+def export_before(rev: str, dest: Path) -> Before:
+    """Exports commit ``rev`` into ``dest`` and checks that its pipelines import from there.
+
+    The checkout is installed in editable mode; a ``python -m`` run puts its
+    working directory first on ``sys.path``, so the exported packages win.
+    Checked here once, with the same interpreter, directory and environment
+    as the measured runs.
+    """
+    identity = export_commit(rev, dest)
+    modules = [module for module, _, _, _ in _PIPELINES.values()] + ["transforms.decode"]
+    (dest / f"{_WHERE}.py").write_text(
+        "import importlib, json\n"
+        f"print(json.dumps({{m: importlib.import_module(m).__file__ for m in {modules!r}}}))\n")
+    done = subprocess.run([sys.executable, "-m", _WHERE], cwd=dest, env=_env(dest),
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"the pipelines of {rev} do not import:\n{done.stderr[-3000:]}")
+    files = json.loads(done.stdout.strip().splitlines()[-1])
+    stray = {m: f for m, f in files.items() if not Path(f).resolve().is_relative_to(dest.resolve())}
+    if stray:
+        raise RuntimeError(f"the exported tree of {rev} is shadowed: {stray} imported "
+                           f"from outside {dest}")
+    return Before(dest, rev, identity["commit"], identity["subject"],
+                  {m: str(Path(f).relative_to(dest)) for m, f in files.items()})
+
+
+def _rates(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """Events/s of a (small, big) pair of best runs: wall, per CPU second, marginal."""
+    small, big = runs
+    events = big["events"]
+    return {"pipeline_events_per_s": events / big["wall_s"],
+            "pipeline_events_per_cpu_s": events / big["cpu_s"],
+            "pipeline_marginal_events_per_s":
+                (events - small["events"]) / (big["wall_s"] - small["wall_s"])}
+
+
+def _bench_pipeline(name: str, size: dict[str, Any], workdir: Path,
+                    before: Before | None = None) -> dict[str, Any]:
     _, loop, _, skip = _PIPELINES[name]
-    runs = []
+    trees = {"after": ROOT, **({"before": before.root} if before else {})}
+    runs: dict[str, list[dict[str, Any]]] = {side: [] for side in trees}
     for events in (size["small"], size["profile_events"], size["events"]):
         spec = StreamSpec(events=events, users=size["users"], seed=7)
         path = workdir / f"{name}-{events}.jsonl"
         write_jsonl(str(path), generate(name, spec), malformed=len(MALFORMED))
         if events == size["profile_events"]:
             continue  # profiled below, not timed
-        best = None
+        best: dict[str, dict[str, Any]] = {}
         for _ in range(size["repeats"]):
-            wall, cpu, counters = _pipeline_seconds(name, path, workdir)
-            if counters.get("decode.events_valid") != events:
-                raise RuntimeError(f"{name}: {counters} after {events} events")
-            if best is None or wall < best["wall_s"]:
-                best = {"events": events, "wall_s": wall, "cpu_s": cpu, "counters": counters}
-        runs.append(best)
-    small, big = runs
-    lines = (workdir / f"{name}-{big['events']}.jsonl").read_text().splitlines()
-    events = big["events"]
+            # Before and after alternate, so a burst of other work hits both alike.
+            for side, root in trees.items():
+                wall, cpu, counters = _pipeline_seconds(name, path, workdir, root=root)
+                if counters.get("decode.events_valid") != events:
+                    raise RuntimeError(f"{name} ({side}): {counters} after {events} events")
+                if side not in best or wall < best[side]["wall_s"]:
+                    best[side] = {"events": events, "wall_s": wall, "cpu_s": cpu,
+                                  "counters": counters}
+        for side in trees:
+            runs[side].append(best[side])
+    events = runs["after"][-1]["events"]
+    lines = (workdir / f"{name}-{events}.jsonl").read_text().splitlines()
 
     loop_s, loop_all, (updates, dead, latest) = best_of(3, lambda: loop(lines))
     ref_s, _, ref_features = best_of(3, lambda: _reference_run(lines, name))
@@ -182,38 +268,66 @@ def _bench_pipeline(name: str, size: dict[str, Any], workdir: Path) -> dict[str,
     expected = {user: feats for user, feats in expected.items() if feats}
     loop_matches = baseline.same_features(baseline.final_features(latest, skip), expected)
 
-    profile = RESULTS_DIR / f"profile_{name}.prof"
     profiled = size["profile_events"]
-    prof_wall, _, _ = _pipeline_seconds(name, workdir / f"{name}-{profiled}.jsonl", workdir,
-                                        profile)
-    marginal = (events - small["events"]) / (big["wall_s"] - small["wall_s"])
+    profiles = {}
+    for side, root in trees.items():
+        suffix = "" if side == "after" else f"_{side}"
+        profile = RESULTS_DIR / f"profile_{name}{suffix}.prof"
+        prof_wall, _, _ = _pipeline_seconds(name, workdir / f"{name}-{profiled}.jsonl",
+                                            workdir, profile, root=root)
+        profiles[side] = {"wall_s": prof_wall, "events": profiled,
+                          "file": f"benchmarks/results/{profile.name}",
+                          **profile_summary(profile, profiled, size["top"], root)}
+    after = _rates(runs["after"])
     loop_eps = events / loop_s
-    return {
+    out = {
         "events": events,
         "malformed_lines": len(MALFORMED),
-        "runs": runs,
-        "pipeline_events_per_s": events / big["wall_s"],
-        "pipeline_events_per_cpu_s": events / big["cpu_s"],
-        "pipeline_marginal_events_per_s": marginal,
+        "runs": runs["after"],
+        **after,
         "loop": {"seconds": loop_s, "all_seconds": loop_all, "events_per_s": loop_eps,
                  "updates": updates, "dead": dead, "matches_reference": loop_matches},
         "reference": {"seconds": ref_s, "events_per_s": events / ref_s},
-        "ratio_wall": events / big["wall_s"] / loop_eps,
-        "ratio_marginal": marginal / loop_eps,
-        "profile": {"wall_s": prof_wall, "events": profiled,
-                    "file": f"benchmarks/results/profile_{name}.prof",
-                    **profile_summary(profile, profiled, size["top"])},
+        "ratio_wall": after["pipeline_events_per_s"] / loop_eps,
+        "ratio_marginal": after["pipeline_marginal_events_per_s"] / loop_eps,
+        "profile": profiles["after"],
     }
+    if before is not None:
+        old = _rates(runs["before"])
+        out["before"] = {
+            "rev": before.rev, "commit": before.commit, "subject": before.subject,
+            "imported_from": before.imported_from, "runs": runs["before"], **old,
+            "same_counters": [r["counters"] for r in runs["before"]]
+                             == [r["counters"] for r in runs["after"]],
+            "profile": profiles["before"],
+            "speedup_wall": after["pipeline_events_per_s"] / old["pipeline_events_per_s"],
+            "speedup_cpu": (after["pipeline_events_per_cpu_s"]
+                            / old["pipeline_events_per_cpu_s"]),
+            "speedup_marginal": (after["pipeline_marginal_events_per_s"]
+                                 / old["pipeline_marginal_events_per_s"]),
+            "speedup_profiled": (profiles["before"]["profiled_us_per_event"]
+                                 / profiles["after"]["profiled_us_per_event"]),
+        }
+    return out
 
 
-def run(mode: str) -> dict[str, Any]:
+def run(mode: str, before: str | None = None) -> dict[str, Any]:
+    """Measures both pipelines; with ``before`` (a git revision), that commit's too."""
     size = SIZES[mode]
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="rtf-bench-") as tmp:
-        pipelines = {name: _bench_pipeline(name, size, Path(tmp)) for name in _PIPELINES}
+        old = None
+        if before is not None:
+            old = export_before(before, Path(tmp) / "before")
+            print(f"  before: {old.commit} ({old.subject}), exported to {old.root}; "
+                  f"imports {old.imported_from}", flush=True)
+        work = Path(tmp) / "work"
+        work.mkdir()
+        pipelines = {name: _bench_pipeline(name, size, work, old) for name in _PIPELINES}
     return {
         "parameters": {**size, "stream": "pipelines.generate.StreamSpec(events, users, "
-                       "seed=7), defaults otherwise; malformed lines mixed in"},
+                       "seed=7), defaults otherwise; malformed lines mixed in",
+                       "before": before},
         "pipelines": pipelines,
     }
 
@@ -225,6 +339,8 @@ def headline(data: dict[str, Any]) -> dict[str, float]:
         out[f"{name} events/s (wall)"] = p["pipeline_events_per_s"]
         out[f"{name} events/s (marginal)"] = p["pipeline_marginal_events_per_s"]
         out[f"{name} pipeline/loop (marginal)"] = p["ratio_marginal"]
+        if "before" in p:
+            out[f"{name} speedup vs before (marginal)"] = p["before"]["speedup_marginal"]
     return out
 
 
@@ -235,5 +351,13 @@ def print_summary(data: dict[str, Any]) -> None:
               f"loop {p['loop']['events_per_s']:,.0f} ev/s "
               f"(matches reference: {p['loop']['matches_reference']}); "
               f"ratio {p['ratio_marginal']:.3f} (marginal), {p['ratio_wall']:.3f} (wall)")
+        b = p.get("before")
+        if b:
+            print(f"    before ({b['commit']}): {b['pipeline_events_per_s']:,.0f} ev/s wall, "
+                  f"{b['pipeline_marginal_events_per_s']:,.0f} ev/s marginal, "
+                  f"{b['profile']['profiled_us_per_event']:,.0f} us/ev profiled; speedup "
+                  f"x{b['speedup_marginal']:.2f} marginal, x{b['speedup_wall']:.2f} wall, "
+                  f"x{b['speedup_profiled']:.2f} profiled; same counters: "
+                  f"{b['same_counters']}")
         for r in p["profile"]["ours_cumulative"][:5]:
             print(f"    {r['cum_us_per_event']:8.1f} us/ev cum  {r['function']}")

@@ -31,7 +31,7 @@ from runners.flink import (
 from transforms.decode import DEAD, EVENTS, EventSchema, ReadEvents
 from transforms.line_sink import AppendJsonLines
 from transforms.merge import MergeFeatureVectors
-from transforms.model import DeadLetter
+from transforms.model import DeadLetter, FeatureUpdate
 from transforms.redis_sink import RedisSinkConfig, WriteToRedis, redact_url
 
 _LOG = logging.getLogger(__name__)
@@ -72,7 +72,8 @@ def build(pipeline: beam.Pipeline, options: FeatureOptions, schema: EventSchema,
         raise SystemExit("give --input=FILE, or --bootstrap_servers and --topic")
 
     updates, late = features(decoded[EVENTS], options)
-    all_updates = updates | "FlattenUpdates" >> beam.Flatten()
+    # Typed, so updates cross stages with FeatureUpdateCoder instead of being pickled.
+    all_updates = updates | "FlattenUpdates" >> beam.Flatten().with_output_types(FeatureUpdate)
 
     if options.dead_letter:
         _write_lines(decoded[DEAD], options.dead_letter, "DeadLetters")

@@ -192,4 +192,5 @@ class SlidingSum(beam.PTransform):
 
     def expand(self, keyed: beam.PCollection) -> pvalue.DoOutputsTuple:
         return keyed | "SlidingSum" >> beam.ParDo(self._fn).with_input_types(
-            tuple[str, dict[str, Any]]).with_outputs(LATE, main="updates")
+            tuple[str, dict[str, Any]]).with_output_types(FeatureUpdate).with_outputs(
+            LATE, main="updates")

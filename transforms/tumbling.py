@@ -139,4 +139,5 @@ class TumblingSum(beam.PTransform):
 
     def expand(self, keyed: beam.PCollection) -> pvalue.DoOutputsTuple:
         return keyed | "TumblingSum" >> beam.ParDo(self._fn).with_input_types(
-            tuple[str, dict[str, Any]]).with_outputs(LATE, main="updates")
+            tuple[str, dict[str, Any]]).with_output_types(FeatureUpdate).with_outputs(
+            LATE, main="updates")

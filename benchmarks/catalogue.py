@@ -2,10 +2,11 @@
 
 A section whose ``module`` is ``None`` has no benchmark in this tree yet: the
 report says "not run" for it until a module exists and has written its
-results file. To add one (the Flink end-to-end run, the RocksDB checkpoints),
-write a module with ``NAME``, ``TITLE``, ``run(mode) -> dict``,
-``headline(data)`` and ``print_summary(data)``, name it here, and give
-``report.RENDERERS`` a table for it.
+results file. To add one, write a module with ``NAME``, ``TITLE``,
+``run(mode) -> dict``, ``headline(data)`` and ``print_summary(data)``, name
+it here, and give ``report.RENDERERS`` a table for it. A section with
+``quick=False`` (the Flink ones: a job needs a minute to start) is skipped by
+``--quick``; the report keeps showing its last full run.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class Section:
         title: heading in BENCHMARKS.md.
         module: dotted module that measures it, or ``None`` if none exists yet.
         pending: why it is not measured yet (sections without a module).
+        quick: whether ``--quick`` runs it.
     """
 
     name: str
@@ -32,6 +34,7 @@ class Section:
     title: str
     module: str | None = None
     pending: str | None = None
+    quick: bool = True
 
     def load(self) -> ModuleType:
         if self.module is None:
@@ -46,20 +49,17 @@ class Section:
         return text.split("\n", 1)[1].strip() if "\n" in text else None
 
 
-_FLINK = ("Needs the local Flink/Kafka services (runners/services.py), which this "
-          "benchmark does not drive yet")
-
 SECTIONS = (
     Section("transform", "1", "Transform cost: DirectRunner vs a plain-Python loop",
             "benchmarks.transform"),
     Section("sink", "2", "Sink: Redis feature writes/s vs a raw redis-py loop",
             "benchmarks.sink"),
     Section("e2e", "3", "End to end on Flink: sustained events/s and freshness",
-            pending=_FLINK),
+            "benchmarks.e2e", quick=False),
     Section("state", "4a", "State: sliding-window state per key vs event rate",
             "benchmarks.state"),
     Section("rocksdb", "4b", "State: RocksDB checkpoint size and duration for 100k keys",
-            pending=_FLINK),
+            "benchmarks.rocksdb", quick=False),
     Section("serving", "5", "Serving: lookup latency for 1 and 100 entities",
             "benchmarks.serving"),
 )

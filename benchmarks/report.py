@@ -6,6 +6,7 @@ Every number written comes from a results file; a section without one says
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,64 @@ def _plot(name: str, draw: Callable[[Any], None]) -> str:
 
 # --- section 1 ---------------------------------------------------------------------------
 
+def _by_function(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Own us/event per function, line numbers dropped (they move between commits)."""
+    out: dict[str, float] = {}
+    for r in rows:
+        key = re.sub(r":\d+\(", "(", r["function"])
+        out[key] = out.get(key, 0.0) + r["own_us_per_event"]
+    return out
+
+
+def _before_after(pipes: dict[str, Any]) -> list[str]:
+    """The before/after table of a ``--before`` run (nothing without one)."""
+    pairs = [(name, p, p["before"]) for name, p in pipes.items() if "before" in p]
+    if not pairs:
+        return []
+    b0 = pairs[0][2]
+    out = [f"**Before/after**, measured in the same invocation: *before* is commit "
+           f"`{b0['commit']}` ({b0['subject']}), exported with `git archive` and run from "
+           "there (imports checked: "
+           + ", ".join(f"`{m}` from `{f}`" for m, f in b0["imported_from"].items())
+           + "); *after* is the code named above. Same streams, same harness, before and "
+           "after runs alternating. The profiled cost is the total own time per event "
+           "under cProfile (inflated, but measured alike on both sides).", "",
+           "| pipeline | before | events/s marginal: before | after | speedup "
+           "| events/s wall: before | after | speedup | events/CPU-s: before | after "
+           "| profiled us/event: before | after | speedup | same counters |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for name, p, b in pairs:
+        out.append(
+            f"| {name} | `{b['commit']}` | {_n(b['pipeline_marginal_events_per_s'])} "
+            f"| {_n(p['pipeline_marginal_events_per_s'])} | x{b['speedup_marginal']:.2f} "
+            f"| {_n(b['pipeline_events_per_s'])} | {_n(p['pipeline_events_per_s'])} "
+            f"| x{b['speedup_wall']:.2f} | {_n(b['pipeline_events_per_cpu_s'])} "
+            f"| {_n(p['pipeline_events_per_cpu_s'])} "
+            f"| {_n(b['profile']['profiled_us_per_event'])} "
+            f"| {_n(p['profile']['profiled_us_per_event'])} | x{b['speedup_profiled']:.2f} "
+            f"| {b['same_counters']} |")
+    out += ["", "Before runs (wall, best of the same repeats): " + "; ".join(
+        f"{name}: " + ", ".join(f"{r['events']:,} events in {r['wall_s']:.2f} s"
+                                for r in b["runs"]) for name, _, b in pairs) + ".", ""]
+    for name, p, b in pairs:
+        before, after = b["profile"], p["profile"]
+        old_fns, new_fns = _by_function(before["top_own"]), _by_function(after["top_own"])
+        out += [f"Top own costs of the {name} pipeline before, and the same functions after "
+                "(us/event under cProfile; \"-\": not among the after profile's top "
+                f"{len(after['top_own'])}). Own time by origin, before: "
+                + ", ".join(f"{k} {v:,.0f}"
+                            for k, v in before["own_us_per_event_by_category"].items())
+                + "; after: "
+                + ", ".join(f"{k} {v:,.0f}"
+                            for k, v in after["own_us_per_event_by_category"].items()) + ".",
+                "", "| function | before | after |", "|---|---:|---:|"]
+        for fn, us in list(old_fns.items())[:10]:
+            now = new_fns.get(fn)
+            out.append(f"| `{fn}` | {us:,.1f} | {'-' if now is None else f'{now:,.1f}'} |")
+        out.append("")
+    return out
+
+
 def _transform(data: dict[str, Any]) -> list[str]:
     pipes = data["pipelines"]
     out = ["| pipeline | events | pipeline events/s (wall) | pipeline events/s (marginal) "
@@ -63,17 +122,27 @@ def _transform(data: dict[str, Any]) -> list[str]:
     runs = "; ".join(f"{name}: " + ", ".join(f"{r['events']:,} events in {r['wall_s']:.2f} s"
                                               for r in p["runs"]) for name, p in pipes.items())
     out += ["", f"Runs (wall, best of {data['parameters']['repeats']}): {runs}.", ""]
+    out += _before_after(pipes)
 
     def draw(ax: Any) -> None:
         names = list(pipes)
         series = [("pipeline (wall)", "pipeline_events_per_s"),
                   ("pipeline (marginal)", "pipeline_marginal_events_per_s"),
                   ("plain-Python loop", None)]
-        width = 0.25
+        if all("before" in pipes[n] for n in names):
+            series.insert(0, (f"before {pipes[names[0]]['before']['commit'][:7]} (marginal)",
+                              "before"))
+        width = 0.8 / len(series)
+
+        def value(n: str, field: str | None) -> float:
+            if field == "before":
+                return pipes[n]["before"]["pipeline_marginal_events_per_s"]
+            return pipes[n][field] if field else pipes[n]["loop"]["events_per_s"]
+
         for k, (label, field) in enumerate(series):
-            values = [pipes[n][field] if field else pipes[n]["loop"]["events_per_s"]
-                      for n in names]
-            ax.bar([i + (k - 1) * width for i in range(len(names))], values, width, label=label)
+            values = [value(n, field) for n in names]
+            ax.bar([i + (k - (len(series) - 1) / 2) * width for i in range(len(names))],
+                   values, width, label=label)
         ax.set_xticks(range(len(names)), [f"{n} pipeline" for n in names])
         ax.set_yscale("log")
         ax.set_ylabel("events/s (log)")
@@ -217,8 +286,187 @@ def _serving(data: dict[str, Any]) -> list[str]:
     return [*out, _plot("serving_latency", draw), ""]
 
 
+# --- section 3 ---------------------------------------------------------------------------
+
+_CPU_COLUMNS = (("flink-taskmanager", "TM"), ("pipeline process (Python workers)", "Python"),
+                ("kafka", "Kafka"), ("benchmark (producer, probe)", "producer"))
+
+
+def _ms(freshness: dict[str, Any], key: str) -> str:
+    value = freshness.get(key)
+    if value is None:
+        return "n/a"
+    return ("≥ " if freshness.get("lower_bound") else "") + _n(value)
+
+
+def _e2e(data: dict[str, Any]) -> list[str]:
+    jobs = [j for j in data["jobs"] if "error" not in j]  # a failed job has only its error
+    params = data["parameters"]
+    out = ["| pipeline | parallelism | RUNNING after s | highest rate kept up /s "
+           "| capacity events/s | highest rate with p99 < 1 s | lowest rate above it "
+           "with p99 >= 1 s | checkpoints completed | checkpoint p50 / max ms "
+           "| late events | dead letters |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for j in jobs:
+        c = j["checkpoints"]
+        out.append(f"| {j['pipeline']} | {j['parallelism']} "
+                   f"| {j['startup']['submit_to_running_s']:.0f} "
+                   f"| {_n(j['max_kept_up_per_s'])} | {_n(j['capacity_per_s'])} "
+                   f"| {_n(j['p99_under_1s_per_s'])} | {_n(j['p99_over_1s_per_s'])} "
+                   f"| {c.get('completed', 0)} | {_n(c.get('duration_p50_ms'))} / "
+                   f"{_n(c.get('duration_max_ms'))} | {j['outputs']['late_events']} "
+                   f"| {j['outputs']['dead_letters']} |")
+    out += [f"| {j['pipeline']} | {j['parallelism']} | failed: {j['error'][:300]} |"
+            for j in data["jobs"] if "error" in j]
+    out += ["", "Every phase, in the order run (`step-up`: the offered rates; `bisect`: "
+            "between the highest rate with p99 < 1 s and the lowest without). Freshness in ms "
+            "from the producer's send to readable in Redis; `≥`: some events were still "
+            "unseen when the drain timed out. CPU: cores each process used while the phase "
+            "was sending (TM = the Flink TaskManager, Python = the pipeline process hosting "
+            "the SDK workers). Capacity: the most the job consumed while a backlog waited.",
+            "",
+            "| pipeline | p | step | offered /s | sent /s | consumed /s | kept up "
+            "| probed events | p50 ms | p99 ms | max ms | drain s | consumed while draining /s "
+            "| checkpoints (max ms) | "
+            + " | ".join(f"{label} cores" for _, label in _CPU_COLUMNS) + " |",
+            "|---|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"
+            + "---:|" * len(_CPU_COLUMNS)]
+    for j in jobs:
+        for p in j["phases"]:
+            f = p["freshness"]
+            done = [c["end_to_end_duration"] for c in p["checkpoints"]
+                    if c["status"] == "COMPLETED"]
+            checkpoints = f"{len(done)} ({_n(max(done))})" if done else "0"
+            cpu = " | ".join(f"{p['cpu_cores'].get(k, 0):.2f}" for k, _ in _CPU_COLUMNS)
+            out.append(f"| {j['pipeline']} | {j['parallelism']} | {p['step']} "
+                       f"| {_n(p['offered_per_s'])} | {_n(p['sent_per_s'])} "
+                       f"| {_n(p['consumed_per_s'])} "
+                       f"| {'yes' if p['kept_up'] else 'no'}"
+                       f"{' (stopped early)' if p['stopped_early'] else ''} "
+                       f"| {_n(f.get('events'))} | {_ms(f, 'p50_ms')} | {_ms(f, 'p99_ms')} "
+                       f"| {_ms(f, 'max_ms')} | {p['drain_s']:.1f} "
+                       f"| {_n(p['catch_up_per_s'])} | {checkpoints} | {cpu} |")
+    skipped = [f"{j['pipeline']} p={j['parallelism']}: "
+               + ", ".join(f"{_n(r['offered_per_s'])}/s" for r in j["not_run"])
+               + f" ({j['not_run'][0]['reason']})" for j in jobs if j["not_run"]]
+    out += ["", "Not run (higher rates after a phase the job did not keep up with): "
+            + ("; ".join(skipped) if skipped else "none") + ".", "",
+            f"{params['phase_s']} s phases; {_n(params['users'])} users (Zipf skew "
+            f"{params['skew']}), {params['partitions']} partitions, checkpoints every "
+            f"{params['checkpoint_interval_ms'] // 1000} s, bundles of "
+            f"{params['bundle_ms']} ms; a phase is kept up when the job consumed >= "
+            f"{params['keep_up_ratio']:.0%} of what was sent, and stops early once an event "
+            f"has waited {params['behind_s']:.0f} s.", ""]
+
+    def series(j: dict[str, Any], field: str) -> list[tuple[float, float]]:
+        values = [(p["offered_per_s"], p["freshness"].get(field) if field.endswith("_ms")
+                   else p.get(field)) for p in j["phases"]]
+        return sorted((x, y) for x, y in values if y is not None)
+
+    def throughput(ax: Any) -> None:
+        for j in jobs:
+            pts = series(j, "consumed_per_s")
+            if pts:
+                ax.plot(*zip(*pts, strict=True), marker="o",
+                        label=f"{j['pipeline']}, parallelism {j['parallelism']}")
+        rates = sorted({p["offered_per_s"] for j in jobs for p in j["phases"]})
+        ax.plot(rates, rates, color="grey", linestyle=":", label="consumed = offered")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("offered events/s")
+        ax.set_ylabel("consumed events/s")
+        ax.set_title("Flink job throughput vs offered rate")
+        ax.legend(fontsize=8)
+
+    def freshness(ax: Any) -> None:
+        for k, j in enumerate(jobs):
+            color = f"C{k}"
+            label = f"{j['pipeline']} p={j['parallelism']}"
+            for field, style in (("p50_ms", "--"), ("p99_ms", "-")):
+                pts = series(j, field)
+                if pts:
+                    ax.plot(*zip(*pts, strict=True), color=color, linestyle=style, marker="o",
+                            label=f"{label} {field[:3]}")
+        ax.axhline(params["target_p99_ms"], color="grey", linestyle=":", label="1 s")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("offered events/s")
+        ax.set_ylabel("send -> readable in Redis (ms)")
+        ax.set_title("Event-to-Redis freshness vs offered rate")
+        ax.legend(fontsize=7, ncol=2)
+
+    return [*out, _plot("e2e_throughput", throughput), "", _plot("e2e_freshness", freshness),
+            ""]
+
+
+# --- section 4b --------------------------------------------------------------------------
+
+def _rocksdb(data: dict[str, Any]) -> list[str]:
+    params = data["parameters"]
+    keys = params["keys"]
+    base = data["baseline"]
+    out = ["| checkpoint | keys in state | state size (B) | written (B) | end-to-end ms "
+           "| bytes/key over the baseline |",
+           "|---|---:|---:|---:|---:|---:|",
+           f"| {base['id']}: baseline (warm-up key) | 1 | {_n(base['state_size'])} "
+           f"| {_n(base['checkpointed_size'])} | {_n(base['end_to_end_duration'])} | |"]
+    for k, c in enumerate(data["after"]):
+        label = f"first after all {_n(keys)} keys" if k == 0 else "then"
+        out.append(f"| {c['id']}: {label} | {_n(keys)} | {_n(c['state_size'])} "
+                   f"| {_n(c['checkpointed_size'])} | {_n(c['end_to_end_duration'])} "
+                   f"| {_n((c['state_size'] - base['state_size']) / keys, 1)} |")
+    out += ["", f"{_n(data['events'])} events consumed at {_n(data['consumed_per_s'])}/s "
+            f"(sent at {_n(params['send_rate'])}/s); {_n(data['redis_hashes'])} hashes in "
+            f"Redis; the job's checkpoint directory holds {_n(data['checkpoint_dir_bytes'])} B "
+            f"on disk; {data['outputs']['late_events']} late events, "
+            f"{data['outputs']['dead_letters']} dead letters. Backend: "
+            f"{data['checkpoint_config']['state_backend']}, "
+            f"{data['checkpoint_config']['mode']}, every "
+            f"{params['checkpoint_interval_ms'] // 1000} s.", "",
+            "Per step (worst subtask): start delay = the barrier waiting behind the step's "
+            "input, sync = finishing the open bundle and the snapshot, async = writing the "
+            "files.", "",
+            "| checkpoint | step | state size (B) | written (B) | end-to-end ms "
+            "| start delay ms | alignment ms | sync ms | async ms |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for c in data["after"]:
+        for step in data["per_step"][str(c["id"])]:
+            out.append(f"| {c['id']} | `{step['step']}` | {_n(step['state_size'])} "
+                       f"| {_n(step['checkpointed_size'])} "
+                       f"| {_n(step['end_to_end_duration'])} | {_n(step['start_delay_ms'])} "
+                       f"| {_n(step['alignment_ms'])} | {_n(step['sync_ms'])} "
+                       f"| {_n(step['async_ms'])} |")
+    out += ["", "Checkpoints triggered while the keys streamed in (the job busy):", "",
+            "| checkpoint | s after the first event | keys in state at trigger | state size (B) "
+            "| written (B) | end-to-end ms |", "|---|---:|---:|---:|---:|---:|"]
+    for c in data["during"]:
+        out.append(f"| {c['id']} {c['status'].lower()} | {c['seconds_after_start']:.0f} "
+                   f"| {_n(c['keys_at_trigger'])} | {_n(c['state_size'])} "
+                   f"| {_n(c['checkpointed_size'])} | {_n(c['end_to_end_duration'])} |")
+    out.append("")
+
+    def draw(ax: Any) -> None:
+        done = [c for c in data["during"] if c["status"] == "COMPLETED"]
+        pts = sorted([(c["keys_at_trigger"], c["state_size"], c["end_to_end_duration"])
+                      for c in done] + [(keys, data["full"]["state_size"],
+                                         data["full"]["end_to_end_duration"])])
+        xs = [p[0] for p in pts]
+        ax.plot(xs, [p[1] / 1e6 for p in pts], marker="o", label="state size (MB)")
+        ax.set_xlabel("keys in state when the checkpoint was triggered")
+        ax.set_ylabel("checkpointed state (MB)")
+        right = ax.twinx()
+        right.plot(xs, [p[2] / 1000 for p in pts], marker="s", color="C1",
+                   label="end-to-end duration (s)")
+        right.set_ylabel("checkpoint duration (s)")
+        ax.set_title("RocksDB checkpoints of the user pipeline as keys arrive")
+        ax.legend(loc="upper left", fontsize=8)
+        right.legend(loc="lower right", fontsize=8)
+
+    return [*out, _plot("rocksdb_checkpoints", draw), ""]
+
+
 RENDERERS: dict[str, Renderer] = {"transform": _transform, "sink": _sink, "state": _state,
-                                  "serving": _serving}
+                                  "serving": _serving, "e2e": _e2e, "rocksdb": _rocksdb}
 
 
 # --- the document ------------------------------------------------------------------------
@@ -260,7 +508,9 @@ def _section(section: Section, this_run: set[str]) -> list[str]:
     out = [f"## {section.part}. {section.title}", ""]
     runs = store.load(section.name)
     if not runs:
-        out += [f"**Not run.** {section.pending or 'No results file yet'} "
+        why = section.pending or ("No results file yet" if section.quick else
+                                  "`make bench` runs it; `make bench-quick` does not")
+        out += [f"**Not run.** {why} "
                 f"(`benchmarks/results/{section.name}.json` does not exist).", ""]
         return out
     latest = runs[-1]
@@ -296,11 +546,14 @@ def write(this_run: set[str]) -> Path:
              "section. Issue 5 defines what is measured.", "",
              "## How to run", "",
              "```",
-             "make bench          # every section, full sizes",
+             "make bench          # every section, full sizes; transform also before "
+             "(BENCH_BEFORE=9d59315) and after",
              "make bench-quick    # every section, small sizes (< 3 minutes on 2 cores)",
              ".venv/bin/python -m benchmarks.run [--quick] [--sections "
              + ",".join(s.name for s in SECTIONS if s.module) + "]",
              ".venv/bin/python -m benchmarks.run --report-only   # rebuild this file",
+             ".venv/bin/python -m benchmarks.run --sections transform --before REV"
+             "   # REV's code beside the current code, one run",
              "```", ""]
     if newest is not None:
         lines += ["## Machine (latest run)", "", _machine_line(newest["machine"]) + ".", ""]

@@ -51,14 +51,21 @@ def print_table(client: FeatureClient, users: Sequence[str]) -> None:
 WARM_UP_USER = "warm-up"
 
 
-def warm_up(producer: EventProducer, client: Any, timeout_s: float = 180.0) -> None:
+def warm_up(producer: EventProducer, client: Any, timeout_s: float = 180.0,
+            event: dict[str, Any] | None = None) -> None:
     """Sends one event and waits until it is in Redis: the job's Python workers are
-    then up, so the freshness figures measure the pipeline, not its start-up."""
-    producer.send({"userId": WARM_UP_USER, "eventType": "view", "eventValue": 0.0,
-                   "eventTimestamp": int(time.time() * 1000)})
+    then up, so the freshness figures measure the pipeline, not its start-up.
+
+    ``event``: the one to send (default: a user pipeline event of ``WARM_UP_USER``);
+    its ``userId`` names the hash waited for.
+    """
+    if event is None:
+        event = {"userId": WARM_UP_USER, "eventType": "view", "eventValue": 0.0,
+                 "eventTimestamp": int(time.time() * 1000)}
+    producer.send(event)
     producer.flush()
     deadline = time.monotonic() + timeout_s
-    while not client.exists(f"features:user:{WARM_UP_USER}"):
+    while not client.exists(f"features:user:{event['userId']}"):
         if time.monotonic() > deadline:
             raise TimeoutError("the job wrote nothing to Redis in time")
         time.sleep(0.1)

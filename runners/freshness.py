@@ -68,6 +68,11 @@ class FreshnessProbe:
         with self._lock:
             return sum(len(q) for q in self._pending.values())
 
+    def waiting_sent_at(self) -> list[float]:
+        """Send times (``time.time()``) of the events not readable yet."""
+        with self._lock:
+            return [sent_at for q in self._pending.values() for _, sent_at in q]
+
     def _loop(self) -> None:
         while not self._stop.is_set():
             with self._lock:

@@ -611,7 +611,8 @@ def start_redis(port: int, state_dir: Path, log_dir: Path, timeout: float = 30.0
     return _wait_ready(h, lambda: redis_ping(port), timeout, "PING")
 
 
-def _flink_config(ports: ServicePorts, state_dir: Path) -> str:
+def _flink_config(ports: ServicePorts, state_dir: Path,
+                  extra: Mapping[str, Any] | None = None) -> str:
     home = flink_home()
     java_opts = ""
     for line in (home / "conf" / "config.yaml").read_text().splitlines():
@@ -650,20 +651,25 @@ def _flink_config(ports: ServicePorts, state_dir: Path) -> str:
         # Every Beam job loads its own classes: many jobs per session need room.
         "taskmanager.memory.jvm-metaspace.size": "768m",
         "env.java.opts.all": java_opts,
+        **(extra or {}),
     }
     return "".join(f"{k}: {json.dumps(v) if isinstance(v, str) else v}\n" for k, v in conf.items())
 
 
 def start_flink(
-    ports: ServicePorts, state_dir: Path, log_dir: Path, timeout: float = 120.0
+    ports: ServicePorts, state_dir: Path, log_dir: Path, timeout: float = 120.0,
+    extra_config: Mapping[str, Any] | None = None,
 ) -> tuple[ServiceHandle, ServiceHandle]:
-    """Standalone session cluster (1 JobManager + 1 TaskManager with 2 slots), RocksDB default."""
+    """Standalone session cluster (1 JobManager + 1 TaskManager with 2 slots), RocksDB default.
+
+    ``extra_config``: Flink settings added to (or replacing) the generated ones.
+    """
     home = flink_home()
     conf_dir = state_dir / "flink" / "conf"
     conf_dir.mkdir(parents=True, exist_ok=True)
     for sub in ("checkpoints", "savepoints", "tmp", "web", "pids"):
         (state_dir / "flink" / sub).mkdir(parents=True, exist_ok=True)
-    (conf_dir / "config.yaml").write_text(_flink_config(ports, state_dir))
+    (conf_dir / "config.yaml").write_text(_flink_config(ports, state_dir, extra_config))
     (conf_dir / "log4j-console.properties").write_text(
         "rootLogger.level = INFO\n"
         "rootLogger.appenderRef.console.ref = ConsoleAppender\n"
@@ -767,6 +773,8 @@ class LocalServices:
 
     State (pid files, data, checkpoints) lives under ``state_dir``; logs under
     ``state_dir/logs``. ``down()`` stops every service recorded in the pid files.
+    ``flink_config`` adds Flink settings to the generated ``config.yaml``
+    (benchmarks: a 1 s REST metrics refresh instead of 10 s).
     """
 
     def __init__(
@@ -774,6 +782,7 @@ class LocalServices:
         ports: ServicePorts | None = None,
         state_dir: Path | None = None,
         services: Iterable[str] = SERVICE_ORDER,
+        flink_config: Mapping[str, Any] | None = None,
     ) -> None:
         self.state_dir = Path(state_dir) if state_dir else default_state_dir()
         self.ports = ports or self._recorded_ports() or ServicePorts.from_env()
@@ -782,6 +791,7 @@ class LocalServices:
         if unknown:
             raise ValueError(f"unknown services: {sorted(unknown)}")
         self.handles: dict[str, ServiceHandle] = {}
+        self.flink_config = dict(flink_config or {})
 
     # paths
     @property
@@ -833,7 +843,8 @@ class LocalServices:
                 if name == "flink":
                     if "flink-jobmanager" in running:
                         continue
-                    for h in start_flink(self.ports, self.state_dir, self.log_dir):
+                    for h in start_flink(self.ports, self.state_dir, self.log_dir,
+                                         extra_config=self.flink_config):
                         self._record(h)
                     continue
                 if name in running:

@@ -10,11 +10,9 @@ disturbs the world (kills, outages, hostile records) while the stream flows.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,7 +24,8 @@ import redis
 from pipelines.generate import StreamSpec, generate, live_spec
 from pipelines.produce import SCHEMA_FILES, EventProducer
 from runners import services as rs
-from runners.flink import _rest, checkpoint_stats, flink_jobs, service_args
+from runners.flink import checkpoint_stats, service_args
+from runners.pipeline_process import PipelineProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 # Sliding window (60 s) + out-of-orderness (10 s) + margin: every value is
@@ -61,8 +60,9 @@ def settle_ms(events: list[dict[str, Any]]) -> int:
     return max(e["eventTimestamp"] for e in events) + SETTLE_MS
 
 
-class PipelineRun:
-    """A feature pipeline process on Flink; stdout/stderr go to files (scanned for secrets).
+class PipelineRun(PipelineProcess):
+    """A feature pipeline process on Flink with the suite's flags (``flink_args``);
+    stdout/stderr go to files (scanned for secrets).
 
     Args:
         svc: the services.
@@ -76,58 +76,8 @@ class PipelineRun:
     def __init__(self, svc: rs.LocalServices, pipeline: str, args: list[str], workdir: Path,
                  name: str, parallelism: int = 1, root: Path = ROOT) -> None:
         self.svc = svc
-        self.stdout = workdir / f"{name}.stdout"
-        self.stderr = workdir / f"{name}.stderr"
-        self.before = {j["jid"] for j in flink_jobs(svc.ports.flink_rest)}
-        cmd = [sys.executable, "-m", f"pipelines.{pipeline}_features",
-               *flink_args(svc, parallelism), *args]
-        with open(self.stdout, "w") as out, open(self.stderr, "w") as err:
-            self.proc = subprocess.Popen(cmd, cwd=root, stdout=out, stderr=err,
-                                         stdin=subprocess.DEVNULL)
-        self.jid: str | None = None
-
-    def wait_running(self, timeout: float = 300) -> str:
-        """The jid of this run's Flink job once it is RUNNING."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"pipeline exited ({self.proc.returncode}) before "
-                                     f"its job ran:\n{self.stderr.read_text()[-4000:]}")
-            for j in flink_jobs(self.svc.ports.flink_rest):
-                if j["state"] == "RUNNING" and j["jid"] not in self.before:
-                    self.jid = str(j["jid"])
-                    return self.jid
-            time.sleep(0.5)
-        raise AssertionError("no RUNNING Flink job for the pipeline")
-
-    def job_state(self) -> str:
-        assert self.jid
-        return str(_rest(self.svc.ports.flink_rest, f"/jobs/{self.jid}").get("state"))
-
-    def finish(self, timeout: float = 900) -> dict[str, Any]:
-        """Waits for the process; asserts it succeeded; returns its summary line."""
-        try:
-            self.proc.wait(timeout=timeout)
-        finally:
-            self.kill()
-        err = self.stderr.read_text()
-        assert self.proc.returncode == 0, err[-4000:]
-        return dict(json.loads(self.stdout.read_text().strip().splitlines()[-1]))
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        if self.jid and self.job_state_safe() in ("RUNNING", "RESTARTING", "CREATED"):
-            from runners.flink import cancel_job
-
-            cancel_job(self.svc.ports.flink_rest, self.jid)
-
-    def job_state_safe(self) -> str | None:
-        try:
-            return self.job_state()
-        except Exception:  # noqa: BLE001 (the cluster may be gone during teardown)
-            return None
+        super().__init__(svc.ports.flink_rest, pipeline, [*flink_args(svc, parallelism), *args],
+                         workdir, name, root)
 
 
 def wait_restored_and_checkpointed(svc: rs.LocalServices, jid: str, before: dict | None,

@@ -35,6 +35,12 @@ they are within 25%). Events still unseen when a drain timed out count
 with their age then (a lower bound). CPU: the cores each process used while
 the phase was sending.
 
+Bundles: a Python step hands its output on when its bundle ends (1,000
+elements or ``--max_bundle_time_mills``), so at low rates the bundle time
+is the floor of freshness, paid once per fused step. The user job at
+parallelism 1 therefore runs twice in the same invocation, with the
+product's 200 ms bundles and with 50 ms ones: before/after in one table.
+
 Flink needs about a minute per job before it measures anything: ``--quick``
 does not run this section (``make bench`` does).
 """
@@ -62,7 +68,10 @@ from runners.freshness import FreshnessProbe
 NAME = "e2e"
 TITLE = "End to end on Flink: sustained events/s and freshness"
 
-JOBS = (("user", 1), ("user", 2), ("ride", 1), ("ride", 2))
+# (pipeline, parallelism, bundle ms): the product's 200 ms, and a 50 ms trial.
+FAST_BUNDLE_MS = 50
+JOBS = (("user", 1, BUNDLE_MS), ("user", 2, BUNDLE_MS), ("ride", 1, BUNDLE_MS),
+        ("ride", 2, BUNDLE_MS), ("user", 1, FAST_BUNDLE_MS))
 RATES = (250, 1_000, 5_000, 10_000, 20_000)
 SIZES = {"full": {"phase_s": 20, "warmup_rate": 200, "warmup_s": 10, "bisect_steps": 3,
                   "drain_timeout_s": 90}}
@@ -205,10 +214,11 @@ def _checkpoint_summary(checkpoints: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def measure_job(svc: Any, pipeline: str, parallelism: int, size: dict[str, Any],
-                workdir: Path, redis_db: int) -> dict[str, Any]:
+                workdir: Path, redis_db: int, bundle_ms: int = BUNDLE_MS) -> dict[str, Any]:
     """Steps the offered rate up on one running job, then bisects for p99 < 1 s."""
-    name = f"bench-{pipeline}-p{parallelism}"
-    job = FeatureJob(svc, pipeline, parallelism, name, workdir, redis_db)
+    name = f"bench-{pipeline}-p{parallelism}-b{bundle_ms}"
+    job = FeatureJob(svc, pipeline, parallelism, name, workdir, redis_db,
+                     flags=(f"--max_bundle_time_mills={bundle_ms}",))
     phases: list[dict[str, Any]] = []
     not_run: list[dict[str, Any]] = []
     seed = 100
@@ -256,7 +266,8 @@ def measure_job(svc: Any, pipeline: str, parallelism: int, size: dict[str, Any],
                    if not p["kept_up"] and p["consumed_per_s"] is not None]
     lo, hi = _bracket(phases)
     every = [c for p in phases for c in p["checkpoints"]]
-    return {"pipeline": pipeline, "parallelism": parallelism, "startup": startup,
+    return {"pipeline": pipeline, "parallelism": parallelism, "bundle_ms": bundle_ms,
+            "startup": startup,
             "phases": phases, "not_run": not_run,
             "max_kept_up_per_s": max((p["offered_per_s"] for p in kept), default=None),
             "capacity_per_s": max(backlogged, default=None),
@@ -271,12 +282,14 @@ def run(mode: str) -> dict[str, Any]:
     size = SIZES[mode]
     jobs = []
     with tempfile.TemporaryDirectory(prefix="rtf-bench-e2e-") as tmp, flink_services() as svc:
-        for db, (pipeline, parallelism) in enumerate(JOBS):
+        for db, (pipeline, parallelism, bundle_ms) in enumerate(JOBS):
             try:
-                jobs.append(measure_job(svc, pipeline, parallelism, size, Path(tmp), db))
+                jobs.append(measure_job(svc, pipeline, parallelism, size, Path(tmp), db,
+                                        bundle_ms))
             except Exception as e:  # noqa: BLE001 (one failed job must not lose the others)
                 print(f"  {pipeline} p={parallelism} FAILED: {e}", flush=True)
                 jobs.append({"pipeline": pipeline, "parallelism": parallelism,
+                             "bundle_ms": bundle_ms,
                              "error": f"{type(e).__name__}: {e}"[:1000]})
     return {"parameters": {**size, "rates": list(RATES), "users": USERS, "skew": SKEW,
                            "disorder_ms": DISORDER_MS, "probe_every_nth_user": PROBE_EVERY,
@@ -292,10 +305,16 @@ def measured(data: dict[str, Any]) -> list[dict[str, Any]]:
     return [j for j in data["jobs"] if "error" not in j]
 
 
+def bundle_label(job: dict[str, Any]) -> str:
+    """`` (50 ms bundles)`` for a job not on the product's bundle time, else ``""``."""
+    ms = job.get("bundle_ms", BUNDLE_MS)
+    return "" if ms == BUNDLE_MS else f" ({ms} ms bundles)"
+
+
 def headline(data: dict[str, Any]) -> dict[str, float]:
     out: dict[str, float] = {}
     for j in measured(data):
-        label = f"{j['pipeline']} p{j['parallelism']}"
+        label = f"{j['pipeline']} p{j['parallelism']}{bundle_label(j)}"
         for key, field in (("capacity ev/s", "capacity_per_s"),
                            ("p99<1s ev/s", "p99_under_1s_per_s")):
             if j[field] is not None:
@@ -308,7 +327,7 @@ def print_summary(data: dict[str, Any]) -> None:
         if "error" in j:
             print(f"  {j['pipeline']} p={j['parallelism']}: failed ({j['error'][:200]})")
             continue
-        label = f"{j['pipeline']} p={j['parallelism']}"
+        label = f"{j['pipeline']} p={j['parallelism']}{bundle_label(j)}"
         hi = j["p99_over_1s_per_s"]
         bound = f"< {hi:,}/s" if hi else "(no upper bound)"
         lo = j["p99_under_1s_per_s"]

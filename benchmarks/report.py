@@ -299,24 +299,30 @@ def _ms(freshness: dict[str, Any], key: str) -> str:
     return ("≥ " if freshness.get("lower_bound") else "") + _n(value)
 
 
+def _bundle(job: dict[str, Any], params: dict[str, Any]) -> int:
+    """The job's bundle time (runs before per-job bundle times: the run's one)."""
+    return int(job.get("bundle_ms", params["bundle_ms"]))
+
+
 def _e2e(data: dict[str, Any]) -> list[str]:
     jobs = [j for j in data["jobs"] if "error" not in j]  # a failed job has only its error
     params = data["parameters"]
-    out = ["| pipeline | parallelism | RUNNING after s | highest rate kept up /s "
+    out = ["| pipeline | parallelism | bundle ms | RUNNING after s | highest rate kept up /s "
            "| capacity events/s | highest rate with p99 < 1 s | lowest rate above it "
            "with p99 >= 1 s | checkpoints completed | checkpoint p50 / max ms "
            "| late events | dead letters |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for j in jobs:
         c = j["checkpoints"]
-        out.append(f"| {j['pipeline']} | {j['parallelism']} "
+        out.append(f"| {j['pipeline']} | {j['parallelism']} | {_bundle(j, params)} "
                    f"| {j['startup']['submit_to_running_s']:.0f} "
                    f"| {_n(j['max_kept_up_per_s'])} | {_n(j['capacity_per_s'])} "
                    f"| {_n(j['p99_under_1s_per_s'])} | {_n(j['p99_over_1s_per_s'])} "
                    f"| {c.get('completed', 0)} | {_n(c.get('duration_p50_ms'))} / "
                    f"{_n(c.get('duration_max_ms'))} | {j['outputs']['late_events']} "
                    f"| {j['outputs']['dead_letters']} |")
-    out += [f"| {j['pipeline']} | {j['parallelism']} | failed: {j['error'][:300]} |"
+    out += [f"| {j['pipeline']} | {j['parallelism']} | {_bundle(j, params)} "
+            f"| failed: {j['error'][:300]} |"
             for j in data["jobs"] if "error" in j]
     out += ["", "Every phase, in the order run (`step-up`: the offered rates; `bisect`: "
             "between the highest rate with p99 < 1 s and the lowest without). Freshness in ms "
@@ -325,11 +331,11 @@ def _e2e(data: dict[str, Any]) -> list[str]:
             "was sending (TM = the Flink TaskManager, Python = the pipeline process hosting "
             "the SDK workers). Capacity: the most the job consumed while a backlog waited.",
             "",
-            "| pipeline | p | step | offered /s | sent /s | consumed /s | kept up "
+            "| pipeline | p | bundle ms | step | offered /s | sent /s | consumed /s | kept up "
             "| probed events | p50 ms | p99 ms | max ms | drain s | consumed while draining /s "
             "| checkpoints (max ms) | "
             + " | ".join(f"{label} cores" for _, label in _CPU_COLUMNS) + " |",
-            "|---|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"
+            "|---|---:|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"
             + "---:|" * len(_CPU_COLUMNS)]
     for j in jobs:
         for p in j["phases"]:
@@ -338,7 +344,8 @@ def _e2e(data: dict[str, Any]) -> list[str]:
                     if c["status"] == "COMPLETED"]
             checkpoints = f"{len(done)} ({_n(max(done))})" if done else "0"
             cpu = " | ".join(f"{p['cpu_cores'].get(k, 0):.2f}" for k, _ in _CPU_COLUMNS)
-            out.append(f"| {j['pipeline']} | {j['parallelism']} | {p['step']} "
+            out.append(f"| {j['pipeline']} | {j['parallelism']} | {_bundle(j, params)} "
+                       f"| {p['step']} "
                        f"| {_n(p['offered_per_s'])} | {_n(p['sent_per_s'])} "
                        f"| {_n(p['consumed_per_s'])} "
                        f"| {'yes' if p['kept_up'] else 'no'}"
@@ -346,7 +353,7 @@ def _e2e(data: dict[str, Any]) -> list[str]:
                        f"| {_n(f.get('events'))} | {_ms(f, 'p50_ms')} | {_ms(f, 'p99_ms')} "
                        f"| {_ms(f, 'max_ms')} | {p['drain_s']:.1f} "
                        f"| {_n(p['catch_up_per_s'])} | {checkpoints} | {cpu} |")
-    skipped = [f"{j['pipeline']} p={j['parallelism']}: "
+    skipped = [f"{j['pipeline']} p={j['parallelism']} ({_bundle(j, params)} ms bundles): "
                + ", ".join(f"{_n(r['offered_per_s'])}/s" for r in j["not_run"])
                + f" ({j['not_run'][0]['reason']})" for j in jobs if j["not_run"]]
     out += ["", "Not run (higher rates after a phase the job did not keep up with): "
@@ -368,7 +375,8 @@ def _e2e(data: dict[str, Any]) -> list[str]:
             pts = series(j, "consumed_per_s")
             if pts:
                 ax.plot(*zip(*pts, strict=True), marker="o",
-                        label=f"{j['pipeline']}, parallelism {j['parallelism']}")
+                        label=f"{j['pipeline']}, parallelism {j['parallelism']}, "
+                              f"{_bundle(j, params)} ms bundles")
         rates = sorted({p["offered_per_s"] for j in jobs for p in j["phases"]})
         ax.plot(rates, rates, color="grey", linestyle=":", label="consumed = offered")
         ax.set_xscale("log")
@@ -381,7 +389,7 @@ def _e2e(data: dict[str, Any]) -> list[str]:
     def freshness(ax: Any) -> None:
         for k, j in enumerate(jobs):
             color = f"C{k}"
-            label = f"{j['pipeline']} p={j['parallelism']}"
+            label = f"{j['pipeline']} p={j['parallelism']} {_bundle(j, params)} ms"
             for field, style in (("p50_ms", "--"), ("p99_ms", "-")):
                 pts = series(j, field)
                 if pts:

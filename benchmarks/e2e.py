@@ -6,7 +6,7 @@ in the pipeline's own process), RocksDB with incremental exactly-once
 checkpoints every 10 s, Redis; all on the same 2 cores as the producer.
 One job per pipeline (user, ride) and parallelism (1, 2), started as
 ``python -m pipelines.<name>_features --runner=FlinkRunner`` with the
-product's preset, 200 ms bundles (as ``make run``), a 2-partition topic.
+product's preset but 200 ms bundles (see Bundles), a 2-partition topic.
 Each job gets a single event (its Python workers start) and a 10 s warm-up
 at 200 events/s, then keeps running while the offered rate steps up: each
 phase sends a live stream (event time = now, 1,000 users, Zipf skew 1.1,
@@ -38,8 +38,10 @@ the phase was sending.
 Bundles: a Python step hands its output on when its bundle ends (1,000
 elements or ``--max_bundle_time_mills``), so at low rates the bundle time
 is the floor of freshness, paid once per fused step. The user job at
-parallelism 1 therefore runs twice in the same invocation, with the
-product's 200 ms bundles and with 50 ms ones: before/after in one table.
+parallelism 1 therefore runs twice in the same invocation, with 200 ms
+bundles (``make run``'s before this comparison; every job of this section
+runs with it) and with 50 ms ones: before/after in one table. The Flink
+preset (``runners/flink.py``) uses 50 ms since this comparison.
 
 Flink needs about a minute per job before it measures anything: ``--quick``
 does not run this section (``make bench`` does).
@@ -68,7 +70,7 @@ from runners.freshness import FreshnessProbe
 NAME = "e2e"
 TITLE = "End to end on Flink: sustained events/s and freshness"
 
-# (pipeline, parallelism, bundle ms): the product's 200 ms, and a 50 ms trial.
+# (pipeline, parallelism, bundle ms): 200 ms, and the 50 ms the preset adopted.
 FAST_BUNDLE_MS = 50
 JOBS = (("user", 1, BUNDLE_MS), ("user", 2, BUNDLE_MS), ("ride", 1, BUNDLE_MS),
         ("ride", 2, BUNDLE_MS), ("user", 1, FAST_BUNDLE_MS))
@@ -306,7 +308,7 @@ def measured(data: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def bundle_label(job: dict[str, Any]) -> str:
-    """`` (50 ms bundles)`` for a job not on the product's bundle time, else ``""``."""
+    """`` (50 ms bundles)`` for a job not on the section's bundle time, else ``""``."""
     ms = job.get("bundle_ms", BUNDLE_MS)
     return "" if ms == BUNDLE_MS else f" ({ms} ms bundles)"
 

@@ -106,7 +106,6 @@ def run_job(services: LocalServices, args: Any) -> None:
     before = {j["jid"] for j in flink_jobs(ports.flink_rest)}
     job_args = [
         "--runner=FlinkRunner", f"--topic={topic}", f"--max_records={len(events) + 1}",
-        "--max_bundle_time_mills=200",
         f"--bootstrap_servers={ports.bootstrap_servers}", f"--flink_master={ports.flink_master}",
         f"--job_endpoint={ports.job_endpoint}", f"--expansion_service={ports.expansion_address}",
         f"--redis_url=redis://127.0.0.1:{ports.redis}/0",

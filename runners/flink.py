@@ -60,6 +60,11 @@ class FlinkPreset:
     # Without it, restoring after a TaskManager loss fails in Beam 2.62's
     # DoFnOperator ("Couldn't flush pushed back elements"): tests/faults.
     finish_bundle_before_checkpointing: bool = True
+    # A Python step hands its output on when its bundle ends: at low rates the
+    # bundle time is the floor of freshness. Beam's Flink default is 1000 ms;
+    # 50 ms raised the rate with p99 < 1 s from 100 to 500 events/s (user job,
+    # BENCHMARKS.md section 3, the 200 ms vs 50 ms rows).
+    max_bundle_time_ms: int | None = 50
 
     @classmethod
     def local(
@@ -116,6 +121,8 @@ class FlinkPreset:
                 ]
         if self.finish_bundle_before_checkpointing:
             args.append("--finish_bundle_before_checkpointing")
+        if self.max_bundle_time_ms:
+            args.append(f"--max_bundle_time_mills={self.max_bundle_time_ms}")
         if self.savepoint_path:
             args.append(f"--savepoint_path={self.savepoint_path}")
             if self.allow_non_restored_state:

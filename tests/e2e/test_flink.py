@@ -9,9 +9,6 @@ compares every Redis feature with the plain-Python reference.
 from __future__ import annotations
 
 import dataclasses
-import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,11 +19,11 @@ import pytest
 from pipelines.generate import StreamSpec, generate, live_spec
 from pipelines.produce import SCHEMA_FILES, EventProducer, send_all
 from runners import services as rs
-from runners.flink import flink_jobs, service_args, wait_for_running_job
+from runners.flink import service_args
+from runners.pipeline_process import PipelineProcess
 from tests import reference
 from tests.integration.test_pipelines import redis_features
 
-ROOT = Path(__file__).resolve().parents[2]
 # Out of order by up to 5 s, nothing later than the allowed lateness: the
 # reference (all events count) is then exactly what the stream must give.
 SPEC = StreamSpec(events=2_000, users=30, rate_per_s=100, disorder_ms=5_000,
@@ -50,30 +47,24 @@ def run_on_flink(svc: rs.LocalServices, pipeline: str, spec: StreamSpec, topic: 
     through Kafka would all be late (backfills go through --input instead).
     """
     svc.create_topic(topic, partitions=2)
-    before = {j["jid"] for j in flink_jobs(svc.ports.flink_rest)}
-    args = [sys.executable, "-m", f"pipelines.{pipeline}_features", *service_args(svc, parallelism),
-            f"--topic={topic}", f"--max_records={spec.events}", "--run_timeout_s=600",
-            f"--redis_url=redis://127.0.0.1:{svc.ports.redis}/{redis_db}",
-            f"--feature_log={tmp / f'{topic}.jsonl'}",
-            f"--late_output={tmp / f'{topic}-late.jsonl'}"]
     # Event times start a little ahead, when the job is expected to be running.
     events = generate(pipeline, dataclasses.replace(live_spec(spec),
                                                     start_ms=int(time.time() * 1000) + 20_000))
     # Stop once event time has passed the last event by the sliding window and
     # the out-of-orderness: every value is then final (amount_sum_60s back to 0).
     settle_ms = max(e["eventTimestamp"] for e in events) + 75_000
-    job = subprocess.Popen([*args, f"--stop_at_watermark_ms={settle_ms}"], cwd=ROOT,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    job = PipelineProcess(svc.ports.flink_rest, pipeline, [
+        *service_args(svc, parallelism), f"--topic={topic}", f"--max_records={spec.events}",
+        "--run_timeout_s=600", f"--redis_url=redis://127.0.0.1:{svc.ports.redis}/{redis_db}",
+        f"--feature_log={tmp / f'{topic}.jsonl'}", f"--late_output={tmp / f'{topic}-late.jsonl'}",
+        f"--stop_at_watermark_ms={settle_ms}"], tmp, topic)
     try:
-        wait_for_running_job(svc.ports.flink_rest, timeout=300, exclude=before)
+        job.wait_running()
         producer = EventProducer(svc.ports.bootstrap_servers, topic, SCHEMA_FILES[pipeline])
         assert send_all(producer, events, spec.rate_per_s) == spec.events
-        out, err = job.communicate(timeout=900)
+        summary = job.finish()  # raises with the process's stderr if it failed
     finally:
-        if job.poll() is None:
-            job.kill()
-    assert job.returncode == 0, err[-4000:]
-    summary = json.loads(out.strip().splitlines()[-1])
+        job.kill()
     print(f"{pipeline} on Flink (parallelism {parallelism}): {summary}")
     late = tmp / f"{topic}-late.jsonl"
     summary["late_events"] = late.read_text().splitlines() if late.exists() else []

@@ -12,6 +12,7 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import (
     FlinkRunnerOptions,
+    GoogleCloudOptions,
     PipelineOptions,
     SetupOptions,
 )
@@ -19,11 +20,14 @@ from apache_beam.options.pipeline_options import (
 from pipelines.options import FeatureOptions
 from runners.direct import apply_direct_preset
 from runners.flink import (
+    ACTIVE_STATES,
+    LaunchedJob,
+    LaunchOptions,
     checkpoint_config,
     checkpoint_stats,
-    flink_jobs,
     input_watermarks,
     is_flink,
+    new_launch_id,
     rest_port_of,
     run_until,
     with_flink_defaults,
@@ -105,39 +109,82 @@ def build(pipeline: beam.Pipeline, options: FeatureOptions, schema: EventSchema,
 
 
 def run(argv: Sequence[str] | None, schema_file: str, features: FeatureGraph,
-        name: str) -> dict[str, int]:
+        name: str) -> dict[str, Any]:
     """Parses ``argv``, runs the pipeline, returns and prints its counters.
 
-    A bounded replay runs to completion. A Kafka stream on Flink runs until it
-    is cancelled, or with ``--max_records=N`` until N records are committed
-    (processed, written to Redis and checkpointed), and is then cancelled.
+    A bounded replay runs to completion. On Flink the process follows its own
+    job (found by the ``--launch_id`` it stamps on it, never "the newest job":
+    a cluster may run other jobs) and cancels it on every way out (the end,
+    an error, Ctrl-C, SIGTERM); a Kafka stream runs until it is cancelled, or
+    with ``--max_records=N`` until N records are committed (processed, written
+    to Redis and checkpointed). The summary names the job (``flink.job_id``,
+    ``flink.job_name``).
     """
     argv = with_flink_defaults(list(argv or []))
     options = PipelineOptions(argv)
     options.view_as(SetupOptions).save_main_session = False
     apply_direct_preset(options)
     feature_options = options.view_as(FeatureOptions)
+    flink = is_flink(argv)
+    if flink:
+        launch = options.view_as(LaunchOptions)
+        launch.launch_id = launch.launch_id or new_launch_id()
+        naming = options.view_as(GoogleCloudOptions)
+        naming.job_name = naming.job_name or f"{name}-{launch.launch_id[:8]}"
     schema = EventSchema(feature_options.reader_schema or schema_file)
     pipeline = beam.Pipeline(options=options)
     build(pipeline, feature_options, schema, features)
-    stop_when_done = bool(is_flink(argv) and feature_options.topic and feature_options.max_records)
-    if stop_when_done:
-        from pipelines.kafka_source import consumer_config
-
-        group_config = consumer_config(feature_options, schema)
-        group_config.pop("max.partition.fetch.bytes", None)
-        rest_port = rest_port_of(options.view_as(FlinkRunnerOptions).flink_master)
-        existing = {j["jid"] for j in flink_jobs(rest_port)}
     # The pipeline holds its own copy of the options: that is what the runner sends.
     _scrub_secrets(pipeline.options.view_as(FeatureOptions))
-    result = pipeline.run()
-    if stop_when_done:
-        summary = _run_stream_until(result, rest_port, existing, feature_options, group_config)
+    if flink:
+        summary = _run_on_flink(pipeline, options, feature_options, schema)
     else:
+        result = pipeline.run()
         result.wait_until_finish()
         summary = summarize(result)
     print(json.dumps({"pipeline": name, **summary}, sort_keys=True))
     return summary
+
+
+def _run_on_flink(pipeline: beam.Pipeline, options: PipelineOptions,
+                  feature_options: FeatureOptions, schema: EventSchema) -> dict[str, Any]:
+    """Submits, follows and in the end cancels this process's own Flink job."""
+    rest_port = rest_port_of(options.view_as(FlinkRunnerOptions).flink_master)
+    job_name = options.view_as(GoogleCloudOptions).job_name
+    job = LaunchedJob(rest_port, options.view_as(LaunchOptions).launch_id, job_name)
+    with job:
+        result = pipeline.run()
+        if feature_options.topic and feature_options.max_records:
+            from pipelines.kafka_source import consumer_config
+
+            group_config = consumer_config(feature_options, schema)
+            group_config.pop("max.partition.fetch.bytes", None)
+            summary = _run_stream_until(result, job, feature_options, group_config)
+        elif feature_options.topic:
+            summary = _follow_stream(result, job)
+        else:
+            result.wait_until_finish()
+            summary = summarize(result)
+    return {"flink.job_id": job.jid, "flink.job_name": job_name, **summary}
+
+
+def _follow_stream(result: Any, job: LaunchedJob) -> dict[str, Any]:
+    """Follows an open-ended stream until its job ends (cancelled by Ctrl-C, SIGTERM,
+    or on the cluster)."""
+    jid = job.wait_running()
+    print(f"Flink job {jid} ({job.job_name}) RUNNING; Ctrl-C or SIGTERM cancels it",
+          flush=True)
+    try:
+        while (state := job.state()) in ACTIVE_STATES:
+            time.sleep(2.0)
+    finally:
+        try:
+            result.cancel()
+        except Exception:  # noqa: BLE001 (the job service may already be gone)
+            pass
+    if state == "FAILED":
+        raise SystemExit(f"Flink job {jid} FAILED; see the JobManager's log")
+    return {"flink.final_state": state}
 
 
 def _scrub_secrets(options: FeatureOptions) -> None:
@@ -153,8 +200,7 @@ def _scrub_secrets(options: FeatureOptions) -> None:
         options.kafka_config = "<redacted>"
 
 
-def _run_stream_until(result: Any, rest_port: int, existing: set[str],
-                      feature_options: FeatureOptions,
+def _run_stream_until(result: Any, job: LaunchedJob, feature_options: FeatureOptions,
                       group_config: dict[str, str]) -> dict[str, Any]:
     """Drives a Flink streaming job until ``--max_records`` are committed, with progress."""
     from confluent_kafka import KafkaException
@@ -162,6 +208,7 @@ def _run_stream_until(result: Any, rest_port: int, existing: set[str],
     from pipelines.kafka_source import committed_records
 
     target = feature_options.max_records
+    rest_port = job.rest_port
     started = time.monotonic()
     last = {"at": 0.0, "n": -1}
 
@@ -188,11 +235,10 @@ def _run_stream_until(result: Any, rest_port: int, existing: set[str],
         last["n"] = n
         return caught_up
 
-    jid = run_until(result, done, rest_port=rest_port,
-                    timeout=feature_options.run_timeout_s, poll=1.0, before=existing)
+    jid = run_until(result, done, job, timeout=feature_options.run_timeout_s, poll=1.0)
     stats = checkpoint_stats(rest_port, jid)
     config = checkpoint_config(rest_port, jid)
-    return {"flink.job_id": jid, "kafka.records_committed": last["n"],
+    return {"kafka.records_committed": last["n"],
             "flink.state_backend": config.get("state_backend"),
             "flink.checkpoints_completed": stats.get("counts", {}).get("completed", 0),
             "seconds": round(time.monotonic() - started, 1)}

@@ -23,7 +23,7 @@ from typing import Any
 from pipelines import user_features
 from pipelines.generate import StreamSpec, generate
 from pipelines.produce import SCHEMA_FILES, EventProducer
-from runners.flink import flink_jobs
+from runners.flink import LaunchedJob, new_launch_id
 from runners.freshness import FreshnessProbe
 from runners.services import LocalServices
 from serving.lookup import FeatureClient
@@ -92,8 +92,6 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def run_job(services: LocalServices, args: Any) -> None:
-    import redis
-
     ports = services.ports
     topic = f"user-events-{int(time.time())}"
     services.create_topic(topic, partitions=2)
@@ -103,9 +101,13 @@ def run_job(services: LocalServices, args: Any) -> None:
     events = generate("user", spec)
     print(f"topic {topic}: {len(events)} events of {spec.users} users to send")
 
-    before = {j["jid"] for j in flink_jobs(ports.flink_rest)}
+    # The job is this run's by the launch id stamped on it, whatever else the cluster runs.
+    launch_id = new_launch_id()
+    job_name = f"make-run-{topic}"
+    launched = LaunchedJob(ports.flink_rest, launch_id, job_name)
     job_args = [
-        "--runner=FlinkRunner", f"--topic={topic}", f"--max_records={len(events) + 1}",
+        f"--launch_id={launch_id}", f"--job_name={job_name}", "--runner=FlinkRunner",
+        f"--topic={topic}", f"--max_records={len(events) + 1}",
         f"--bootstrap_servers={ports.bootstrap_servers}", f"--flink_master={ports.flink_master}",
         f"--job_endpoint={ports.job_endpoint}", f"--expansion_service={ports.expansion_address}",
         f"--redis_url=redis://127.0.0.1:{ports.redis}/0",
@@ -114,11 +116,19 @@ def run_job(services: LocalServices, args: Any) -> None:
         f"--consumer_group=make-run-{topic}"]
     job = threading.Thread(target=user_features.main, args=(job_args,), daemon=True)
     job.start()
-    while not any(j["jid"] not in before and j["state"] == "RUNNING"
-                  for j in flink_jobs(ports.flink_rest)):
-        time.sleep(0.5)
-    print("Flink job RUNNING (RocksDB, checkpoints every "
-          f"{args.checkpoint_ms / 1000:.0f} s); producing at {args.rate:.0f} events/s")
+    # The pipeline runs in a thread here, where it cannot catch signals: Ctrl-C and
+    # SIGTERM reach this thread, which cancels the job on its way out.
+    with launched:
+        jid = launched.wait_running(alive=job.is_alive)
+        print(f"Flink job {jid} ({job_name}) RUNNING (RocksDB, checkpoints every "
+              f"{args.checkpoint_ms / 1000:.0f} s); producing at {args.rate:.0f} events/s")
+        produce_and_report(ports, args, topic, events, job)
+
+
+def produce_and_report(ports: Any, args: Any, topic: str, events: list[dict[str, Any]],
+                       job: threading.Thread) -> None:
+    """Sends the stream while the job runs, then prints features and freshness."""
+    import redis
 
     client = redis.Redis(port=ports.redis)
     producer = EventProducer(ports.bootstrap_servers, topic, SCHEMA_FILES["user"])

@@ -21,11 +21,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
+import threading
 import time
+import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from runners.services import LocalServices, ServicePorts, default_state_dir
 
@@ -184,25 +190,186 @@ def flink_jobs(rest_port: int) -> list[dict[str, Any]]:
     return list(_rest(rest_port, "/jobs/overview").get("jobs", []))
 
 
-def running_jobs(rest_port: int) -> list[str]:
-    return [
-        j["jid"]
-        for j in flink_jobs(rest_port)
-        if j["state"] in ("RUNNING", "CREATED", "RESTARTING")
-    ]
+# Flink's JobStatus values: a job in one of these may still use slots and restart.
+ACTIVE_STATES = frozenset({"INITIALIZING", "CREATED", "RUNNING", "FAILING", "CANCELLING",
+                           "RESTARTING", "RECONCILING"})
 
 
-def wait_for_running_job(
-    rest_port: int, timeout: float = 120.0, exclude: set[str] | None = None
-) -> str:
-    """The jid of the first RUNNING job not in ``exclude``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for j in flink_jobs(rest_port):
-            if j["state"] == "RUNNING" and j["jid"] not in (exclude or set()):
-                return str(j["jid"])
-        time.sleep(0.5)
-    raise TimeoutError("no RUNNING Flink job")
+class LaunchOptions(PipelineOptions):
+    """How a launching process recognises the Flink job it submitted.
+
+    The Beam job server does not return Flink's job id, and a cluster may run
+    other jobs, even ones of the same name: the launcher stamps its job with a
+    fresh ``--launch_id``, which Flink keeps in the job's configuration
+    (``/jobs/<jid>/config``, user-config ``launchId``, beside every other
+    pipeline option).
+    """
+
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:  # noqa: ANN001 (Beam's signature)
+        parser.add_argument("--launch_id", default=None,
+                            help="token stamped on the Flink job to find it among others "
+                                 "(default: a fresh one per launch)")
+
+
+def new_launch_id() -> str:
+    return uuid.uuid4().hex
+
+
+def job_user_config(rest_port: int, jid: str) -> dict[str, str]:
+    """The job's pipeline options as Flink shows them (camelCase names)."""
+    config = _rest(rest_port, f"/jobs/{jid}/config")
+    return dict(config.get("execution-config", {}).get("user-config", {}))
+
+
+class LaunchedJob:
+    """The one Flink job a launching process submitted, found by its launch id.
+
+    Create it before submitting (it remembers the jobs that existed), then
+    :meth:`find` the job. :meth:`cancel_if_active` cancels it through the REST
+    API (the job server's cancel leaves a streaming job running, see
+    :func:`cancel_job`); used as a context manager it does that on the way out,
+    whatever the way out is, and turns SIGTERM into an exception so that a
+    terminated launcher cancels its job instead of leaving it restarting.
+
+    Args:
+        rest_port: the JobManager's REST port.
+        launch_id: the ``--launch_id`` the job was submitted with; None only for
+            job versions that predate launch ids, found by a ``job_name`` made
+            unique per launch.
+        job_name: the ``--job_name`` it was submitted with (None: any name).
+    """
+
+    def __init__(self, rest_port: int, launch_id: str | None,
+                 job_name: str | None = None) -> None:
+        if launch_id is None and job_name is None:
+            raise ValueError("a launch is found by its launch id, or by a unique job name")
+        self.rest_port = rest_port
+        self.launch_id = launch_id
+        self.job_name = job_name
+        self.jid: str | None = None
+        self._before = {j["jid"] for j in flink_jobs(rest_port)}
+        self._not_ours: set[str] = set()
+        self._old_sigterm: Any = None
+
+    def _candidates(self) -> list[str]:
+        ours = []
+        for job in flink_jobs(self.rest_port):
+            jid = job["jid"]
+            if jid in self._before or jid in self._not_ours:
+                continue
+            if self.job_name is not None and job["name"] != self.job_name:
+                self._not_ours.add(jid)
+                continue
+            if self.launch_id is None:
+                ours.append(jid)
+                continue
+            options = job_user_config(self.rest_port, jid)
+            if options.get("launchId") == self.launch_id:
+                ours.append(jid)
+            elif options:  # an initializing job shows no options yet: look again later
+                self._not_ours.add(jid)
+        return ours
+
+    def find(self, timeout: float = 300.0, alive: Callable[[], bool] | None = None) -> str:
+        """The jid of the job carrying this launch id (waits until Flink lists it).
+
+        ``alive``: returns False once the job can no longer appear (the submitting
+        process exited), to fail at once instead of at the timeout.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            ours = self._candidates()
+            if len(ours) > 1:
+                raise RuntimeError(f"{len(ours)} new Flink jobs match launch id "
+                                   f"{self.launch_id}, name {self.job_name}: {ours}")
+            if ours:
+                self.jid = ours[0]
+                return self.jid
+            if alive is not None and not alive():
+                raise RuntimeError("the launching process ended before its Flink job appeared")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no Flink job with launch id {self.launch_id}, "
+                                   f"name {self.job_name} after {timeout:.0f} s")
+            time.sleep(0.5)
+
+    def state(self) -> str:
+        if self.jid is None:
+            raise RuntimeError("the job is not found yet (find)")
+        return str(_rest(self.rest_port, f"/jobs/{self.jid}").get("state"))
+
+    def name(self) -> str:
+        if self.jid is None:
+            raise RuntimeError("the job is not found yet (find)")
+        return str(_rest(self.rest_port, f"/jobs/{self.jid}").get("name"))
+
+    def wait_running(self, timeout: float = 300.0,
+                     alive: Callable[[], bool] | None = None) -> str:
+        """Finds the job and waits until it is RUNNING; a job that ended first is an error."""
+        deadline = time.monotonic() + timeout
+        jid = self.jid or self.find(timeout, alive)
+        while True:
+            state = self.state()
+            if state == "RUNNING":
+                return jid
+            if state not in ACTIVE_STATES:
+                raise RuntimeError(f"Flink job {jid} is {state} before it ran")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Flink job {jid} still {state} after {timeout:.0f} s")
+            time.sleep(0.5)
+
+    def cancel_if_active(self, find_timeout: float = 0.0) -> bool:
+        """Cancels the job if it still runs or restarts; True if it did.
+
+        ``find_timeout``: how long to look for a job not found yet (it may have
+        been submitted just before an interrupt).
+        """
+        if self.jid is None:
+            try:
+                self.find(timeout=find_timeout)
+            except (TimeoutError, RuntimeError, OSError):
+                return False
+        try:
+            if self.state() not in ACTIVE_STATES:
+                return False
+        except OSError:  # the cluster is gone: nothing left to cancel
+            return False
+        assert self.jid is not None
+        try:
+            cancel_job(self.rest_port, self.jid)
+        except urllib.error.HTTPError:
+            # It ended between the two calls (Flink refuses to cancel a finished job).
+            if self.state() in ACTIVE_STATES:
+                raise
+            return False
+        return True
+
+    def __enter__(self) -> LaunchedJob:
+        # Signal handlers can only be set from the main thread; elsewhere (a
+        # launcher run in a thread) the caller's own cleanup must call cancel.
+        if threading.current_thread() is threading.main_thread():
+            self._old_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        interrupted = exc[0] is not None
+        try:
+            if self.cancel_if_active(find_timeout=30.0 if interrupted else 0.0) and interrupted:
+                print(f"cancelled Flink job {self.jid} on the way out", flush=True)
+        finally:
+            if self._old_sigterm is not None:
+                signal.signal(signal.SIGTERM, self._old_sigterm)
+                self._old_sigterm = None
+
+
+class Terminated(SystemExit):
+    """SIGTERM, raised as an exception so that cleanup (cancelling the job) runs."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:  # noqa: ARG001 (signal API)
+    # Cleanup runs once: a second SIGTERM during it must not abort the cancel.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated(128 + signum)
 
 
 def checkpoint_stats(rest_port: int, jid: str) -> dict[str, Any]:
@@ -267,27 +434,26 @@ def stop_with_savepoint(rest_port: int, jid: str, target_dir: str, timeout: floa
 def run_until(
     result: Any,
     done: Callable[[str], bool],
-    rest_port: int,
+    job: LaunchedJob,
     timeout: float = 300.0,
     poll: float = 1.0,
-    before: set[str] | None = None,
 ) -> str:
     """Drive a streaming PipelineResult (from ``pipeline.run()``) until ``done(jid)``,
-    then cancel it on the cluster. Returns the Flink jid. ``before``: jids that
-    existed before the run (so the right job is picked)."""
-    jid = wait_for_running_job(rest_port, timeout=timeout, exclude=before)
+    then cancel its job on the cluster. Returns the Flink jid. ``job``: the
+    launch to follow (created before ``pipeline.run()``)."""
     deadline = time.monotonic() + timeout
     try:
+        jid = job.wait_running(timeout=timeout)
         while not done(jid):
             if time.monotonic() > deadline:
                 raise TimeoutError("condition not met before timeout")
-            state = _rest(rest_port, f"/jobs/{jid}").get("state")
-            if state in ("FAILED", "CANCELED"):
+            state = job.state()
+            if state not in ACTIVE_STATES:
                 raise RuntimeError(f"Flink job {jid} is {state}")
             time.sleep(poll)
     finally:
         try:
-            cancel_job(rest_port, jid)
+            job.cancel_if_active(find_timeout=30.0)
         finally:
             try:
                 result.cancel()

@@ -4,10 +4,12 @@
 
 With the LOOPBACK environment that process also hosts the job's Python SDK
 workers, so it must live as long as the job. ``PipelineProcess`` starts it
-(stdout/stderr to files), finds its Flink job, and stops both: the process by
-its pid, the job through the Flink REST API (the job server's cancel leaves a
-streaming job running; see ``runners.flink.cancel_job``). Used by the fault
-suite and the benchmarks.
+(stdout/stderr to files) with a ``--launch_id`` of its own, finds the Flink job
+carrying that id (other jobs may run on the cluster, even of the same name),
+and stops both: the process by its pid, the job through the Flink REST API
+(the job server's cancel leaves a streaming job running; see
+``runners.flink.cancel_job``). Used by the tests, the fault suite and the
+benchmarks.
 """
 
 from __future__ import annotations
@@ -15,11 +17,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from runners.flink import _rest, cancel_job, flink_jobs
+from runners.flink import LaunchedJob, new_launch_id
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,31 +42,40 @@ class PipelineProcess:
         self.rest_port = rest_port
         self.stdout = workdir / f"{name}.stdout"
         self.stderr = workdir / f"{name}.stderr"
-        self.before = {j["jid"] for j in flink_jobs(rest_port)}
+        self.launch_id = new_launch_id()
+        if root == ROOT:
+            self.job = LaunchedJob(rest_port, self.launch_id)
+            args = [*args, f"--launch_id={self.launch_id}"]
+        else:
+            # An older version of the code may not know --launch_id (Beam drops
+            # options nobody defines): its job is found by a name unique to this launch.
+            job_name = f"{name}-{self.launch_id[:12]}"
+            self.job = LaunchedJob(rest_port, None, job_name)
+            args = [*args, f"--job_name={job_name}"]
         cmd = [sys.executable, "-m", f"pipelines.{pipeline}_features", *args]
+        # The job's state when the process ended by itself, before kill() cleans up.
+        self.state_at_exit: str | None = None
         with open(self.stdout, "w") as out, open(self.stderr, "w") as err:
             self.proc = subprocess.Popen(cmd, cwd=root, stdout=out, stderr=err,
                                          stdin=subprocess.DEVNULL)
-        self.jid: str | None = None
+
+    @property
+    def jid(self) -> str | None:
+        """The Flink job id, once :meth:`wait_running` found it."""
+        return self.job.jid
 
     def wait_running(self, timeout: float = 300) -> str:
         """The jid of this process's Flink job once it is RUNNING."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"pipeline exited ({self.proc.returncode}) before "
-                                   f"its job ran:\n{self.stderr.read_text()[-4000:]}")
-            for j in flink_jobs(self.rest_port):
-                if j["state"] == "RUNNING" and j["jid"] not in self.before:
-                    self.jid = str(j["jid"])
-                    return self.jid
-            time.sleep(0.5)
-        raise RuntimeError("no RUNNING Flink job for the pipeline")
+        try:
+            return self.job.wait_running(timeout, alive=lambda: self.proc.poll() is None)
+        except RuntimeError as e:
+            if self.proc.poll() is None:
+                raise
+            raise RuntimeError(f"pipeline exited ({self.proc.returncode}) before its job "
+                               f"ran:\n{self.stderr.read_text()[-4000:]}") from e
 
     def job_state(self) -> str:
-        if self.jid is None:
-            raise RuntimeError("the job is not running yet (wait_running)")
-        return str(_rest(self.rest_port, f"/jobs/{self.jid}").get("state"))
+        return self.job.state()
 
     def job_state_safe(self) -> str | None:
         try:
@@ -77,6 +87,7 @@ class PipelineProcess:
         """Waits for the process (a ``--max_records`` run); returns its summary line."""
         try:
             self.proc.wait(timeout=timeout)
+            self.state_at_exit = self.job_state_safe()
         finally:
             self.kill()
         if self.proc.returncode != 0:
@@ -89,5 +100,5 @@ class PipelineProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
-        if self.jid and self.job_state_safe() in ("RUNNING", "RESTARTING", "CREATED"):
-            cancel_job(self.rest_port, self.jid)
+        if self.jid is not None:
+            self.job.cancel_if_active()

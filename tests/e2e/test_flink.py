@@ -2,13 +2,16 @@
 
 Starts Kafka, Redis, a Flink cluster, the expansion service and the job server
 on free ports (``runners.services``), produces generated streams, runs both
-pipeline modules exactly as a user would (``--runner=FlinkRunner``), and
-compares every Redis feature with the plain-Python reference.
+pipeline modules exactly as a user would (``--runner=FlinkRunner``), both at
+once on the one cluster, and compares every Redis feature with the plain-Python
+reference.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +22,7 @@ import pytest
 from pipelines.generate import StreamSpec, generate, live_spec
 from pipelines.produce import SCHEMA_FILES, EventProducer, send_all
 from runners import services as rs
-from runners.flink import service_args
+from runners.flink import ACTIVE_STATES, flink_jobs, job_user_config, service_args
 from runners.pipeline_process import PipelineProcess
 from tests import reference
 from tests.integration.test_pipelines import redis_features
@@ -37,10 +40,33 @@ def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[rs.LocalServices]:
         yield services
 
 
-def run_on_flink(svc: rs.LocalServices, pipeline: str, spec: StreamSpec, topic: str,
-                 redis_db: int, tmp: Path, parallelism: int = 1
-                 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Starts the pipeline, then sends a live stream (event time = now) at its rate.
+@dataclasses.dataclass
+class FlinkRun:
+    """A pipeline process on the cluster and the live stream it is to get."""
+
+    pipeline: str
+    topic: str
+    spec: StreamSpec
+    events: list[dict[str, Any]]
+    process: PipelineProcess
+    tmp: Path
+
+    def send(self, svc: rs.LocalServices) -> None:
+        producer = EventProducer(svc.ports.bootstrap_servers, self.topic,
+                                 SCHEMA_FILES[self.pipeline])
+        assert send_all(producer, self.events, self.spec.rate_per_s) == self.spec.events
+
+    def finish(self) -> dict[str, Any]:
+        summary = self.process.finish()  # raises with the process's stderr if it failed
+        late = self.tmp / f"{self.topic}-late.jsonl"
+        summary["late_events"] = late.read_text().splitlines() if late.exists() else []
+        return summary
+
+
+def start_on_flink(svc: rs.LocalServices, pipeline: str, spec: StreamSpec, topic: str,
+                   redis_db: int, tmp: Path, parallelism: int = 1,
+                   extra: tuple[str, ...] = ()) -> FlinkRun:
+    """Starts the pipeline process (as a user would), with a live stream to send.
 
     Live, because that is what the Kafka path is for: KafkaIO moves an idle
     partition's watermark to the wall clock, so months-old event times sent
@@ -49,26 +75,16 @@ def run_on_flink(svc: rs.LocalServices, pipeline: str, spec: StreamSpec, topic: 
     svc.create_topic(topic, partitions=2)
     # Event times start a little ahead, when the job is expected to be running.
     events = generate(pipeline, dataclasses.replace(live_spec(spec),
-                                                    start_ms=int(time.time() * 1000) + 20_000))
+                                                    start_ms=int(time.time() * 1000) + 30_000))
     # Stop once event time has passed the last event by the sliding window and
     # the out-of-orderness: every value is then final (amount_sum_60s back to 0).
     settle_ms = max(e["eventTimestamp"] for e in events) + 75_000
-    job = PipelineProcess(svc.ports.flink_rest, pipeline, [
+    process = PipelineProcess(svc.ports.flink_rest, pipeline, [
         *service_args(svc, parallelism), f"--topic={topic}", f"--max_records={spec.events}",
         "--run_timeout_s=600", f"--redis_url=redis://127.0.0.1:{svc.ports.redis}/{redis_db}",
         f"--feature_log={tmp / f'{topic}.jsonl'}", f"--late_output={tmp / f'{topic}-late.jsonl'}",
-        f"--stop_at_watermark_ms={settle_ms}"], tmp, topic)
-    try:
-        job.wait_running()
-        producer = EventProducer(svc.ports.bootstrap_servers, topic, SCHEMA_FILES[pipeline])
-        assert send_all(producer, events, spec.rate_per_s) == spec.events
-        summary = job.finish()  # raises with the process's stderr if it failed
-    finally:
-        job.kill()
-    print(f"{pipeline} on Flink (parallelism {parallelism}): {summary}")
-    late = tmp / f"{topic}-late.jsonl"
-    summary["late_events"] = late.read_text().splitlines() if late.exists() else []
-    return summary, events
+        f"--stop_at_watermark_ms={settle_ms}", *extra], tmp, topic)
+    return FlinkRun(pipeline, topic, spec, events, process, tmp)
 
 
 def redis_client(svc: rs.LocalServices, db: int) -> Any:
@@ -77,20 +93,88 @@ def redis_client(svc: rs.LocalServices, db: int) -> Any:
     return redis.Redis(port=svc.ports.redis, db=db, decode_responses=True)
 
 
-@pytest.mark.parametrize("pipeline, db", [("user", 1), ("ride", 2)])
-def test_pipeline_on_flink_matches_reference(svc, tmp_path, pipeline, db):
-    summary, events = run_on_flink(svc, pipeline, SPEC, f"{pipeline}-e2e", db, tmp_path)
-    assert summary["flink.state_backend"] == "RocksDBStateBackend"
-    assert summary["flink.checkpoints_completed"] >= 1
-    assert summary["kafka.records_committed"] == len(events)
-    assert summary["late_events"] == []
-    want = (reference.user_features if pipeline == "user" else reference.ride_features)(events)
-    assert redis_features(redis_client(svc, db)) == want
+def active_jobs(svc: rs.LocalServices) -> list[dict[str, Any]]:
+    return [j for j in flink_jobs(svc.ports.flink_rest) if j["state"] in ACTIVE_STATES]
+
+
+def test_both_pipelines_at_once_on_one_cluster(svc, tmp_path):
+    """Both pipelines launched together, as a user running both would: each process
+    follows, stops and names its own job, and both match the reference."""
+    dbs = {"user": 1, "ride": 2}
+    runs = {p: start_on_flink(svc, p, SPEC, f"{p}-e2e", db, tmp_path,
+                              extra=(f"--job_name=e2e-{p}-features",))
+            for p, db in dbs.items()}
+    try:
+        jids = {p: run.process.wait_running() for p, run in runs.items()}
+        senders = [threading.Thread(target=run.send, args=(svc,)) for run in runs.values()]
+        for sender in senders:
+            sender.start()
+        for sender in senders:
+            sender.join()
+        summaries = {p: run.finish() for p, run in runs.items()}
+    finally:
+        for run in runs.values():
+            run.process.kill()
+    listed = {j["jid"]: j for j in flink_jobs(svc.ports.flink_rest)}
+    assert jids["user"] != jids["ride"]
+    for p, run in runs.items():
+        summary = summaries[p]
+        print(f"{p} on Flink, beside the other pipeline: {summary}")
+        jid = summary["flink.job_id"]
+        # The job the summary names is the one this process launched: by id, by
+        # name in Flink's own job list, and by the topic in the job's options.
+        assert jid == jids[p]
+        assert summary["flink.job_name"] == f"e2e-{p}-features" == listed[jid]["name"]
+        assert [j for j in listed.values() if j["name"] == f"e2e-{p}-features"] == [listed[jid]]
+        assert job_user_config(svc.ports.flink_rest, jid)["topic"] == run.topic
+        # The process cancelled its job itself on the way out.
+        assert run.process.state_at_exit == "CANCELED"
+        assert summary["flink.state_backend"] == "RocksDBStateBackend"
+        assert summary["flink.checkpoints_completed"] >= 1
+        assert summary["kafka.records_committed"] == len(run.events)
+        assert summary["late_events"] == []
+        want = (reference.user_features if p == "user" else reference.ride_features)(run.events)
+        assert redis_features(redis_client(svc, dbs[p])) == want
+    assert active_jobs(svc) == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_interrupted_launcher_cancels_its_job(svc, tmp_path, sig):
+    """An open-ended stream (no --max_records) stopped by a signal: the process
+    cancels its own job instead of leaving it restarting without its workers."""
+    topic = f"signal-{sig.name.lower()}"
+    svc.create_topic(topic, partitions=1)
+    process = PipelineProcess(svc.ports.flink_rest, "user", [
+        *service_args(svc), f"--topic={topic}",
+        f"--redis_url=redis://127.0.0.1:{svc.ports.redis}/4"], tmp_path, topic)
+    try:
+        jid = process.wait_running()
+        # Signal once the process follows its job (it says so), not while it still looks.
+        deadline = time.monotonic() + 120
+        while f"Flink job {jid}" not in process.stdout.read_text():
+            assert time.monotonic() < deadline and process.proc.poll() is None
+            time.sleep(0.5)
+        process.proc.send_signal(sig)
+        process.proc.wait(timeout=120)
+        state = process.job_state()
+    finally:
+        process.kill()
+    assert f"cancelled Flink job {jid} on the way out" in process.stdout.read_text()
+    assert process.proc.returncode != 0
+    assert state == "CANCELED", process.stderr.read_text()[-3000:]
+    assert active_jobs(svc) == []
 
 
 def test_ride_pipeline_with_parallelism_two(svc, tmp_path):
     spec = StreamSpec(events=1_500, users=40, rate_per_s=100, disorder_ms=3_000,
                       late_fraction=0.0, seed=5)
-    summary, events = run_on_flink(svc, "ride", spec, "ride-p2", 3, tmp_path, parallelism=2)
+    run = start_on_flink(svc, "ride", spec, "ride-p2", 3, tmp_path, parallelism=2)
+    try:
+        run.process.wait_running()
+        run.send(svc)
+        summary = run.finish()
+    finally:
+        run.process.kill()
+    print(f"ride on Flink (parallelism 2): {summary}")
     assert summary["flink.checkpoints_completed"] >= 1
-    assert redis_features(redis_client(svc, 3)) == reference.ride_features(events)
+    assert redis_features(redis_client(svc, 3)) == reference.ride_features(run.events)

@@ -30,7 +30,15 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from confluent_kafka import Consumer, Producer
 
 from runners import services as rs
-from runners.flink import FlinkPreset, checkpoint_config, checkpoint_stats, flink_jobs, run_until
+from runners.flink import (
+    FlinkPreset,
+    LaunchedJob,
+    checkpoint_config,
+    checkpoint_stats,
+    flink_jobs,
+    new_launch_id,
+    run_until,
+)
 from runners.kafka_io import ReadFromKafka
 
 
@@ -137,7 +145,9 @@ def test_read_from_kafka_on_flink_rocksdb_checkpoints(
         job_name="rt-runtime-test",
     )
     out = tmp_path / "out"
-    pipeline = beam.Pipeline(options=PipelineOptions(preset.pipeline_args()))
+    launch_id = new_launch_id()
+    pipeline = beam.Pipeline(options=PipelineOptions(
+        [*preset.pipeline_args(), f"--launch_id={launch_id}"]))
     _ = (
         pipeline
         | "ReadEvents"
@@ -154,14 +164,14 @@ def test_read_from_kafka_on_flink_rocksdb_checkpoints(
         )
         | "WriteFiles" >> beam.ParDo(WriteOneFilePerRecord(str(out)))
     )
-    before = {j["jid"] for j in flink_jobs(svc.ports.flink_rest)}
+    job = LaunchedJob(svc.ports.flink_rest, launch_id, "rt-runtime-test")
     result = pipeline.run()
 
     def done(jid: str) -> bool:
         completed = checkpoint_stats(svc.ports.flink_rest, jid)["counts"]["completed"]
         return _count(out) >= n and completed >= 2
 
-    jid = run_until(result, done, svc.ports.flink_rest, timeout=240, before=before)
+    jid = run_until(result, done, job, timeout=240)
 
     # (b) every record arrived exactly once (file names are content hashes)
     assert _count(out) == n

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from apache_beam.options.pipeline_options import KafkaStreamsRunnerOptions, PipelineOptions
 
+from transforms.declarations import Feature
+
 
 class FeatureOptions(PipelineOptions):
     """Inputs, outputs and feature settings of a feature pipeline."""
@@ -58,16 +60,31 @@ class FeatureOptions(PipelineOptions):
                          help="Kafka topic for too-late events (JSON values)")
 
         feat = parser.add_argument_group("features")
-        feat.add_argument("--allowed_lateness_ms", type=int, default=60_000)
+        feat.add_argument("--allowed_lateness_ms", type=int, default=None,
+                          help="override every feature's declared allowed lateness")
         feat.add_argument("--max_out_of_orderness_ms", type=int, default=10_000,
                           help="bounded out-of-orderness: features treat the watermark "
                                "as this much earlier (Kafka's CreateTime watermark has none)")
         feat.add_argument("--state_ttl_s", type=float, default=None,
-                          help="clear lifetime state of keys idle this long (event time)")
-        feat.add_argument("--tile_ms", type=int, default=1_000,
-                          help="tile size of the sliding sum (divides 60000)")
+                          help="clear lifetime state of keys idle this long (event time); "
+                               "overrides the declared TTL")
+        feat.add_argument("--tile_ms", type=int, default=None,
+                          help="tile size of the sliding sum (divides its window; default: "
+                               "the declared tile)")
         feat.add_argument("--no_early_firings", action="store_true",
                           help="no speculative window values before the watermark")
+
+
+def lateness_ms(feature: Feature, options: FeatureOptions) -> int:
+    """The feature's allowed lateness, unless ``--allowed_lateness_ms`` overrides it."""
+    if options.allowed_lateness_ms is not None:
+        return int(options.allowed_lateness_ms)
+    return feature.allowed_lateness_ms
+
+
+def early_firings(feature: Feature, options: FeatureOptions) -> bool:
+    """Whether the feature emits speculative values (``--no_early_firings`` turns all off)."""
+    return feature.early_firing == "every_element" and not options.no_early_firings
 
 
 def bootstrap_servers(options: PipelineOptions) -> str:

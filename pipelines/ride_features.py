@@ -14,30 +14,37 @@ from collections.abc import Sequence
 import apache_beam as beam
 
 import schemas
+from pipelines.catalogue import feature
 from pipelines.common import run
-from pipelines.options import FeatureOptions
+from pipelines.options import FeatureOptions, lateness_ms
 from transforms.counters import LifetimeCounts
 from transforms.keys import KeyByEntity
 from transforms.late import LATE
-from transforms.model import AMOUNT_SUM_60S, LIFETIME_RIDES, RIDES_PER_CITY
 from transforms.sliding import SlidingSum
 
-SLIDING_WINDOW_MS = 60 * 1000
+RIDES = feature("lifetime_rides")
+PER_CITY = feature("rides_per_city")
+AMOUNT = feature("amount_sum_60s")
 
 
 def ride_features(events: beam.PCollection, options: FeatureOptions
                   ) -> tuple[list[beam.PCollection], list[beam.PCollection]]:
     """Wires the ride features; returns (feature update streams, late event streams)."""
-    keyed = events | "KeyByUser" >> KeyByEntity("userId")
-    ttl_ms = int(options.state_ttl_s * 1000) if options.state_ttl_s else None
+    keyed = events | "KeyByUser" >> KeyByEntity(RIDES.entity)
+    # The two counters share a filter and one state cell per user.
+    if RIDES.where != PER_CITY.where:
+        raise ValueError(f"{RIDES.name} and {PER_CITY.name} must count the same events")
+    ttl_s = options.state_ttl_s or RIDES.state_ttl_s
     counts = (keyed
-              | "OnlyRideEnds" >> beam.Filter(lambda kv: kv[1]["eventType"] == "END")
+              | "OnlyRideEnds" >> beam.Filter(lambda kv, where=RIDES.where: where(kv[1]))
               | "RideCounts" >> LifetimeCounts(
-                  LIFETIME_RIDES, RIDES_PER_CITY, "cityId", ttl_ms=ttl_ms,
+                  RIDES.name, PER_CITY.name, PER_CITY.aggregation.field,
+                  ttl_ms=int(ttl_s * 1000) if ttl_s else None,
                   watermark_delay_ms=options.max_out_of_orderness_ms))
     amounts = keyed | "AmountSum60s" >> SlidingSum(
-        AMOUNT_SUM_60S, "amount", window_ms=SLIDING_WINDOW_MS, tile_ms=options.tile_ms,
-        allowed_lateness_ms=options.allowed_lateness_ms,
+        AMOUNT.name, AMOUNT.aggregation.field, window_ms=AMOUNT.window_ms,
+        tile_ms=options.tile_ms or round(AMOUNT.window.tile_s * 1000),
+        allowed_lateness_ms=lateness_ms(AMOUNT, options),
         watermark_delay_ms=options.max_out_of_orderness_ms)
     return [counts, amounts["updates"]], [amounts[LATE]]
 

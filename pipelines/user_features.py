@@ -1,4 +1,4 @@
-"""The user pipeline: ``txn_total_5m``, ``clicks_in_session``, ``session_duration_s``.
+"""The user pipeline: the features ``pipelines.catalogue`` declares for it.
 
     python -m pipelines.user_features --runner=DirectRunner --input=events.jsonl \\
         --redis_url=redis://127.0.0.1:6379/0 --feature_log=updates.jsonl \\
@@ -14,31 +14,38 @@ from collections.abc import Sequence
 import apache_beam as beam
 
 import schemas
+from pipelines.catalogue import feature
 from pipelines.common import run
-from pipelines.options import FeatureOptions
+from pipelines.options import FeatureOptions, early_firings, lateness_ms
 from transforms.keys import KeyByEntity
 from transforms.late import LATE
-from transforms.model import TXN_TOTAL_5M
 from transforms.sessions import SessionFeatures
 from transforms.tumbling import TumblingSum
 
-WINDOW_MS = 5 * 60 * 1000
-SESSION_GAP_MS = 15 * 60 * 1000
+TXN = feature("txn_total_5m")
+CLICKS = feature("clicks_in_session")
+DURATION = feature("session_duration_s")
 
 
 def user_features(events: beam.PCollection, options: FeatureOptions
                   ) -> tuple[list[beam.PCollection], list[beam.PCollection]]:
     """Wires the user features; returns (feature update streams, late event streams)."""
-    keyed = events | "KeyByUser" >> KeyByEntity("userId")
+    keyed = events | "KeyByUser" >> KeyByEntity(TXN.entity)
+    assert TXN.where is not None and CLICKS.where is not None
     txn = (keyed
-           | "OnlyPurchases" >> beam.Filter(lambda kv: kv[1]["eventType"] == "purchase")
+           | "OnlyPurchases" >> beam.Filter(lambda kv, where=TXN.where: where(kv[1]))
            | "TxnTotal5m" >> TumblingSum(
-               TXN_TOTAL_5M, "eventValue", size_ms=WINDOW_MS,
-               allowed_lateness_ms=options.allowed_lateness_ms,
+               TXN.name, TXN.aggregation.field, size_ms=TXN.window_ms,
+               allowed_lateness_ms=lateness_ms(TXN, options),
                watermark_delay_ms=options.max_out_of_orderness_ms,
-               early_firings=not options.no_early_firings))
+               early_firings=early_firings(TXN, options)))
+    # One session state gives both features: the session is made of all the user's
+    # events; the clicks feature counts those its filter picks.
     sessions = keyed | "Sessions" >> SessionFeatures(
-        gap_ms=SESSION_GAP_MS, allowed_lateness_ms=options.allowed_lateness_ms,
+        CLICKS.name, DURATION.name, gap_ms=CLICKS.window_ms,
+        allowed_lateness_ms=lateness_ms(CLICKS, options),
+        click_type=CLICKS.where.equals, type_field=CLICKS.where.field,
+        time_field=DURATION.aggregation.field,
         watermark_delay_ms=options.max_out_of_orderness_ms)
     return [txn["updates"], sessions["updates"]], [txn[LATE], sessions[LATE]]
 

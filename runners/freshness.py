@@ -35,8 +35,8 @@ class FreshnessProbe:
         poll_s: polling interval.
     """
 
-    def __init__(self, redis_client: Any, feature: str = "clicks_in_session",
-                 prefix: str = "features:user", poll_s: float = 0.005) -> None:
+    def __init__(self, redis_client: Any, feature: str, prefix: str = "features:user",
+                 poll_s: float = 0.005) -> None:
         self._redis = redis_client
         self._field = f"{feature}:as_of"
         self._prefix = prefix

@@ -12,17 +12,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from transforms.model import FEATURE_TYPES, USER, FeatureValue, decode_value
+from pipelines.catalogue import FEATURES
+from transforms.model import USER, FeatureValue, decode_value
 
-# What a model sees for an entity (or a feature) the pipeline has not written yet.
-COLD_START_DEFAULTS: dict[str, FeatureValue] = {
-    "txn_total_5m": 0.0,
-    "clicks_in_session": 0,
-    "session_duration_s": 0,
-    "lifetime_rides": 0,
-    "rides_per_city": {},
-    "amount_sum_60s": 0.0,
-}
+# What a model sees for an entity (or a feature) the pipeline has not written yet:
+# each feature's declared cold-start default.
+COLD_START_DEFAULTS: dict[str, FeatureValue] = {f.name: f.default for f in FEATURES.values()}
 
 
 @dataclass(frozen=True)
@@ -56,8 +51,9 @@ class FeatureClient:
         redis_client: a ``redis.Redis`` (bytes or decoded responses).
         prefix: the pipelines' ``--redis_prefix``.
         entity_type: the entity kind in the key, ``user`` by default.
-        features: the features to read (default: all known ones).
-        defaults: cold-start defaults per feature.
+        features: the features to read (default: every feature of ``entity_type``
+            in the catalogue).
+        defaults: cold-start defaults per feature (default: the declared ones).
     """
 
     def __init__(self, redis_client: Any, prefix: str = "features", entity_type: str = USER,
@@ -66,10 +62,13 @@ class FeatureClient:
         self._redis = redis_client
         self._prefix = prefix
         self._entity_type = entity_type
-        self._features = list(features or FEATURE_TYPES)
-        unknown = [f for f in self._features if f not in FEATURE_TYPES]
+        self._features = list(features or [f.name for f in FEATURES.values()
+                                           if f.entity_type == entity_type])
+        unknown = [f for f in self._features if f not in FEATURES]
         if unknown:
-            raise ValueError(f"unknown features: {unknown}")
+            raise ValueError(f"unknown features: {unknown} (the catalogue has "
+                             f"{', '.join(FEATURES)})")
+        self._types = {f: FEATURES[f].value_type for f in self._features}
         self._defaults = dict(COLD_START_DEFAULTS if defaults is None else defaults)
         self._fields = [f for feat in self._features for f in (feat, f"{feat}:as_of",
                                                                 f"{feat}:final")]
@@ -100,7 +99,7 @@ class FeatureClient:
                 values[feature] = dict(default) if isinstance(default, dict) else default
                 defaulted.add(feature)
                 continue
-            values[feature] = decode_value(feature, raw)
+            values[feature] = decode_value(self._types[feature], raw)
             as_of[feature] = int(raw_as_of)
             final[feature] = _text(raw_final) == "1"
         return FeatureVectorView(entity_id, values, as_of, final, frozenset(defaulted))

@@ -2,25 +2,43 @@
 
     python -m serving.model_service --redis_url=redis://127.0.0.1:6379/0 u0001 u0002
 
-The "model" is a fixed logistic score over a few features: enough to show the
-read path (one round trip for many users, typed values, cold-start defaults,
-feature age) without pretending to be a real fraud model.
+The "model" is a fixed logistic score over a few features (``toy_model.json``:
+its inputs are named there, and must be features of the catalogue): enough to
+show the read path (one round trip for many users, typed values, cold-start
+defaults, feature age) without pretending to be a real fraud model.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import redis
 
+from pipelines.catalogue import FEATURES
 from serving.lookup import FeatureClient, FeatureVectorView
 
-WEIGHTS = {"txn_total_5m": 0.02, "clicks_in_session": 0.05, "lifetime_rides": -0.01,
-           "amount_sum_60s": 0.03}
-BIAS = -2.0
+MODEL_FILE = Path(__file__).with_name("toy_model.json")
+
+
+def load_model(path: Path = MODEL_FILE) -> tuple[dict[str, float], float]:
+    """(weights by feature, bias); a weight on a feature the catalogue lacks is an error."""
+    model = json.loads(path.read_text())
+    weights = {str(k): float(v) for k, v in model["weights"].items()}
+    unknown = [f for f in weights if f not in FEATURES]
+    if unknown:
+        raise ValueError(f"{path.name}: {unknown} not in the feature catalogue")
+    not_numbers = [f for f in weights if FEATURES[f].value_type not in ("float", "int")]
+    if not_numbers:
+        raise ValueError(f"{path.name}: {not_numbers} are not numeric features")
+    return weights, float(model["bias"])
+
+
+WEIGHTS, BIAS = load_model()
 
 
 def preprocess(view: FeatureVectorView) -> list[float]:

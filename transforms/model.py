@@ -1,4 +1,4 @@
-"""The records that flow between the transforms, and the feature catalogue.
+"""The records that flow between the transforms, and how feature values are stored.
 
 Events themselves stay plain ``dict``s as Avro decodes them: one shape for
 JSON lines, Avro files and the Kafka wire format alike.
@@ -14,23 +14,6 @@ from apache_beam import coders
 
 USER = "user"
 
-# Feature names, exactly as DESIGN.md spells them, with the Python type of the value.
-TXN_TOTAL_5M = "txn_total_5m"
-CLICKS_IN_SESSION = "clicks_in_session"
-SESSION_DURATION_S = "session_duration_s"
-LIFETIME_RIDES = "lifetime_rides"
-RIDES_PER_CITY = "rides_per_city"
-AMOUNT_SUM_60S = "amount_sum_60s"
-
-FEATURE_TYPES: dict[str, type] = {
-    TXN_TOTAL_5M: float,
-    CLICKS_IN_SESSION: int,
-    SESSION_DURATION_S: int,
-    LIFETIME_RIDES: int,
-    RIDES_PER_CITY: dict,
-    AMOUNT_SUM_60S: float,
-}
-
 FeatureValue = float | int | dict[str, int]
 
 
@@ -40,7 +23,7 @@ class FeatureUpdate(NamedTuple):
     Attributes:
         entity_type: kind of entity, e.g. ``"user"``.
         entity_id: the entity's id, e.g. the userId.
-        feature: feature name (a key of ``FEATURE_TYPES``).
+        feature: feature name, as declared in ``pipelines.catalogue``.
         value: the value; float, int or a str->int map.
         as_of_ms: event time (epoch ms) the value is correct for.
         final: False for speculative emissions made before the watermark
@@ -131,14 +114,13 @@ def encode_value(value: FeatureValue) -> str:
     return str(value)
 
 
-def decode_value(feature: str, text: str | bytes) -> FeatureValue:
-    """Inverse of ``encode_value`` for a known feature."""
+def decode_value(value_type: str, text: str | bytes) -> FeatureValue:
+    """Inverse of ``encode_value`` for a declared value type (``float``, ``int``, ``map``)."""
     if isinstance(text, bytes):
         text = text.decode("utf-8")
-    kind = FEATURE_TYPES.get(feature, float)
-    if kind is dict:
+    if value_type == "map":
         return json.loads(text)
-    if kind is int:
+    if value_type == "int":
         return int(text)
     return float(text)
 

@@ -1,4 +1,4 @@
-"""Session features: clicks in session and session duration.
+"""Session features: clicks in the session and the session's duration.
 
 A session is a run of one entity's events whose event-time gaps are below
 ``gap_ms`` (Beam ``Sessions`` semantics: each event opens ``[ts, ts + gap)``
@@ -22,7 +22,7 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 
 from transforms.late import LATE, EventClock, LateEvent, to_ms, too_late
-from transforms.model import CLICKS_IN_SESSION, SESSION_DURATION_S, USER, FeatureUpdate
+from transforms.model import USER, FeatureUpdate
 from transforms.state_layout import StateLayout
 
 # A session in state: [first_ts, last_ts, clicks, final_emitted]
@@ -36,8 +36,10 @@ class _SessionFn(beam.DoFn):
     STATE = ReadModifyWriteStateSpec("sessions", FastPrimitivesCoder())
     FIRE = TimerSpec("session_fire", beam.TimeDomain.WATERMARK)
 
-    def __init__(self, gap_ms: int, lateness_ms: int, click_type: str, time_field: str,
-                 type_field: str, entity_type: str, clock: EventClock) -> None:
+    def __init__(self, names: tuple[str, str], gap_ms: int, lateness_ms: int, click_type: str,
+                 time_field: str, type_field: str, entity_type: str,
+                 clock: EventClock) -> None:
+        self._clicks_name, self._duration_name = names
         self._clock = clock
         self._gap = gap_ms
         self._lateness = lateness_ms
@@ -50,9 +52,9 @@ class _SessionFn(beam.DoFn):
 
     def _updates(self, key: str, session: list[Any], final: bool) -> Iterator[FeatureUpdate]:
         as_of = session[_LAST]
-        yield FeatureUpdate(self._entity_type, key, CLICKS_IN_SESSION, session[_CLICKS],
+        yield FeatureUpdate(self._entity_type, key, self._clicks_name, session[_CLICKS],
                             as_of, final)
-        yield FeatureUpdate(self._entity_type, key, SESSION_DURATION_S,
+        yield FeatureUpdate(self._entity_type, key, self._duration_name,
                             (session[_LAST] - session[_FIRST]) // 1000, as_of, final)
 
     def process(self, kv: tuple[str, dict[str, Any]],
@@ -124,7 +126,7 @@ class _SessionFn(beam.DoFn):
 
 
 class SessionFeatures(beam.PTransform):
-    """``clicks_in_session`` and ``session_duration_s`` per entity.
+    """Clicks in the session and its duration (whole seconds), per entity.
 
     Input: ``(entity_id, event)``. Main output: ``FeatureUpdate``s with
     ``as_of_ms`` = the session's last event time; speculative (``final=False``)
@@ -132,20 +134,24 @@ class SessionFeatures(beam.PTransform):
     each late merge. Tagged ``late``: events too late even for the allowed lateness.
 
     Args:
+        clicks_feature: the name of the clicks feature.
+        duration_feature: the name of the duration feature.
         gap_ms: inactivity gap that ends a session (gaps must be strictly smaller).
         allowed_lateness_ms: how long a closed session still takes late events.
         click_type: the ``eventType`` counted as a click.
         watermark_delay_ms: bounded out-of-orderness (see ``late.EventClock``).
     """
 
-    def __init__(self, gap_ms: int = 900_000, allowed_lateness_ms: int = 60_000,
+    def __init__(self, clicks_feature: str, duration_feature: str, gap_ms: int = 900_000,
+                 allowed_lateness_ms: int = 60_000,
                  click_type: str = "click", time_field: str = "eventTimestamp",
                  type_field: str = "eventType", entity_type: str = USER,
                  watermark_delay_ms: int = 0) -> None:
         super().__init__()
         if gap_ms <= 0 or allowed_lateness_ms < 0:
             raise ValueError("gap_ms must be > 0 and allowed_lateness_ms >= 0")
-        self._fn = _SessionFn(gap_ms, allowed_lateness_ms, click_type, time_field,
+        self._fn = _SessionFn((clicks_feature, duration_feature), gap_ms,
+                              allowed_lateness_ms, click_type, time_field,
                               type_field, entity_type, EventClock(watermark_delay_ms))
 
     def expand(self, keyed: beam.PCollection) -> pvalue.DoOutputsTuple:

@@ -8,6 +8,7 @@ from transforms.sliding import SlidingSum
 from transforms.tumbling import TumblingSum
 
 MIN = 60_000
+NAMES = ("clicks_in_session", "session_duration_s")
 MIN5 = 5 * MIN
 
 
@@ -45,7 +46,7 @@ class TestTumbling:
 
 class TestSessions:
     def test_closes_on_watermark_then_late_merge_repairs_then_too_late(self):
-        out = run_stream(SessionFeatures(), stream_of(
+        out = run_stream(SessionFeatures(*NAMES), stream_of(
             event("u", 0), event("u", 5 * MIN),
             20 * MIN + 1,                 # past 5 min + 15 min gap: session final
             event("u", 6 * MIN),          # late (window max 21 min - 1 ms + 60 s >= wm)
@@ -58,7 +59,7 @@ class TestSessions:
         assert [e.event["eventTimestamp"] for e in out["late"]] == [7 * MIN]
 
     def test_late_event_bridges_two_closed_sessions(self):
-        out = run_stream(SessionFeatures(allowed_lateness_ms=30 * MIN), stream_of(
+        out = run_stream(SessionFeatures(*NAMES, allowed_lateness_ms=30 * MIN), stream_of(
             event("u", 0), event("u", 20 * MIN),
             36 * MIN,                     # both sessions closed
             event("u", 10 * MIN),         # bridges them

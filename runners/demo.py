@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pipelines import user_features
+from pipelines.catalogue import PIPELINES
 from pipelines.generate import StreamSpec, generate
 from pipelines.produce import SCHEMA_FILES, EventProducer
 from runners.flink import LaunchedJob, new_launch_id
@@ -28,18 +29,18 @@ from runners.freshness import FreshnessProbe
 from runners.services import LocalServices
 from serving.lookup import FeatureClient
 
-COLUMNS = ("txn_total_5m", "clicks_in_session", "session_duration_s")
+COLUMNS = tuple(f.name for f in PIPELINES["user"])
 
 
 def print_table(client: FeatureClient, users: Sequence[str]) -> None:
     """One row per user: the typed features the model would get, with their age."""
-    header = ("user", *COLUMNS, "final", "session as_of (UTC)")
+    header = ("user", *COLUMNS, "final", "newest as_of (UTC)")
     rows = []
     for view in client.get_many(users):
         cells = [view.entity_id] + [str(view.values[f]) for f in COLUMNS]
         cells.append("yes" if all(view.final.get(f) for f in COLUMNS if f in view.final)
                      else "no")
-        newest = view.as_of_ms.get("clicks_in_session")
+        newest = max(view.as_of_ms.values(), default=None)
         cells.append("-" if newest is None else time.strftime(
             "%H:%M:%S", time.gmtime(newest / 1000)) + f".{newest % 1000:03d}")
         rows.append(cells)
@@ -133,7 +134,9 @@ def produce_and_report(ports: Any, args: Any, topic: str, events: list[dict[str,
     client = redis.Redis(port=ports.redis)
     producer = EventProducer(ports.bootstrap_servers, topic, SCHEMA_FILES["user"])
     warm_up(producer, client)
-    probe = FreshnessProbe(client).start()
+    # A session feature moves with every event: its as_of is the user's newest event time.
+    session_feature = next(f.name for f in PIPELINES["user"] if f.window_kind == "session")
+    probe = FreshnessProbe(client, feature=session_feature).start()
     started = time.monotonic()
     for i, event in enumerate(events):
         producer.send(event)

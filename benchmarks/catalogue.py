@@ -62,6 +62,8 @@ SECTIONS = (
             "benchmarks.rocksdb", quick=False),
     Section("serving", "5", "Serving: lookup latency for 1 and 100 entities",
             "benchmarks.serving"),
+    Section("engine", "6", "Engine: a keyed stage per feature group vs one fused stage",
+            "benchmarks.engine", quick=False),
 )
 
 BY_NAME = {s.name: s for s in SECTIONS}

@@ -40,7 +40,7 @@ PARTITIONS = 2
 # The step of each pipeline that receives every event (its records-in count
 # is the events the job has consumed), and the feature whose as_of is the
 # newest event time of the events that update it (for the freshness probe).
-ALL_EVENTS_STEP = {"user": "Sessions", "ride": "AmountSum60s"}
+ALL_EVENTS_STEP = {"user": "UserFeatures", "ride": "RideFeatures"}
 PROBE_FEATURE = {"user": "clicks_in_session", "ride": "lifetime_rides"}
 WARM_UP_EVENT = {
     "user": {"userId": "warm-up", "eventType": "view", "eventValue": 0.0},

@@ -473,8 +473,27 @@ def _rocksdb(data: dict[str, Any]) -> list[str]:
     return [*out, _plot("rocksdb_checkpoints", draw), ""]
 
 
+def _engine(data: dict[str, Any]) -> list[str]:
+    params = data["params"]
+    out = ["| pipeline | engine | events/s (each run, in order) | mean | fused / stages |",
+           "|---|---|---|---:|---:|"]
+    for pipeline, s in data["summary"].items():
+        for engine in ("stages", "fused"):
+            rates = [_n(r["events_per_s"]) for r in data["runs"]
+                     if r["pipeline"] == pipeline and r["engine"] == engine]
+            ratio = f"x{s['ratio']}" if engine == "fused" else ""
+            out.append(f"| {pipeline} | {engine} | {', '.join(rates)} | {_n(s[engine])} "
+                       f"| {ratio} |")
+    out += ["", f"{_n(params['events'])} events in the backlog per run, parallelism "
+            f"{params['parallelism']}, {params['bundle_ms']}-ms bundles, checkpoints every "
+            f"{params['checkpoint_interval_ms'] // 1000} s; runs in the order "
+            f"{', '.join(params['order'])} per pipeline.", ""]
+    return out
+
+
 RENDERERS: dict[str, Renderer] = {"transform": _transform, "sink": _sink, "state": _state,
-                                  "serving": _serving, "e2e": _e2e, "rocksdb": _rocksdb}
+                                  "serving": _serving, "e2e": _e2e, "rocksdb": _rocksdb,
+                                  "engine": _engine}
 
 
 # --- the document ------------------------------------------------------------------------

@@ -175,7 +175,7 @@ def _follow_stream(result: Any, job: LaunchedJob) -> dict[str, Any]:
     print(f"Flink job {jid} ({job.job_name}) RUNNING; Ctrl-C or SIGTERM cancels it",
           flush=True)
     try:
-        while (state := job.state()) in ACTIVE_STATES:
+        while (state := job.state_or_none() or "RUNNING") in ACTIVE_STATES:
             time.sleep(2.0)
     finally:
         try:
@@ -224,7 +224,10 @@ def _run_stream_until(result: Any, job: LaunchedJob, feature_options: FeatureOpt
         if n >= target:
             # Everything is read; finals need the watermark past the last events.
             # An idle KafkaIO partition moves its watermark to the wall clock.
-            marks = input_watermarks(rest_port, jid)
+            try:
+                marks = input_watermarks(rest_port, jid)
+            except OSError:  # a busy JobManager: ask again on the next poll
+                marks = {}
             wanted = feature_options.stop_at_watermark_ms or (time.time() - 60) * 1000
             caught_up = bool(marks) and min(marks.values()) >= wanted
         if now - last["at"] >= 5 or caught_up:

@@ -73,6 +73,10 @@ class FeatureOptions(PipelineOptions):
                                "the declared tile)")
         feat.add_argument("--no_early_firings", action="store_true",
                           help="no speculative window values before the watermark")
+        feat.add_argument("--engine", default="fused", choices=("fused", "stages"),
+                          help="fused: one keyed stage for all of an entity's features (one "
+                               "state cell and one timer family per key); stages: a keyed "
+                               "stage per feature group (restores savepoints taken by it)")
 
 
 def lateness_ms(feature: Feature, options: FeatureOptions) -> int:

@@ -18,6 +18,7 @@ from pipelines.catalogue import feature
 from pipelines.common import run
 from pipelines.options import FeatureOptions, lateness_ms
 from transforms.counters import LifetimeCounts
+from transforms.fused import FusedFeatures
 from transforms.keys import KeyByEntity
 from transforms.late import LATE
 from transforms.sliding import SlidingSum
@@ -35,18 +36,24 @@ def ride_features(events: beam.PCollection, options: FeatureOptions
     if RIDES.where != PER_CITY.where:
         raise ValueError(f"{RIDES.name} and {PER_CITY.name} must count the same events")
     ttl_s = options.state_ttl_s or RIDES.state_ttl_s
-    counts = (keyed
-              | "OnlyRideEnds" >> beam.Filter(lambda kv, where=RIDES.where: where(kv[1]))
-              | "RideCounts" >> LifetimeCounts(
-                  RIDES.name, PER_CITY.name, PER_CITY.aggregation.field,
-                  ttl_ms=int(ttl_s * 1000) if ttl_s else None,
-                  watermark_delay_ms=options.max_out_of_orderness_ms))
-    amounts = keyed | "AmountSum60s" >> SlidingSum(
+    counts = LifetimeCounts(
+        RIDES.name, PER_CITY.name, PER_CITY.aggregation.field,
+        ttl_ms=int(ttl_s * 1000) if ttl_s else None,
+        watermark_delay_ms=options.max_out_of_orderness_ms)
+    amounts = SlidingSum(
         AMOUNT.name, AMOUNT.aggregation.field, window_ms=AMOUNT.window_ms,
         tile_ms=options.tile_ms or round(AMOUNT.window.tile_s * 1000),
         allowed_lateness_ms=lateness_ms(AMOUNT, options),
         watermark_delay_ms=options.max_out_of_orderness_ms)
-    return [counts, amounts["updates"]], [amounts[LATE]]
+    if options.engine == "fused":
+        out = keyed | "RideFeatures" >> FusedFeatures([
+            ("RideCounts", counts.fn, RIDES.where), ("AmountSum60s", amounts.fn, None)])
+        return [out["updates"]], [out[LATE]]
+    counts_out = (keyed
+                  | "OnlyRideEnds" >> beam.Filter(lambda kv, where=RIDES.where: where(kv[1]))
+                  | "RideCounts" >> counts)
+    amounts_out = keyed | "AmountSum60s" >> amounts
+    return [counts_out, amounts_out["updates"]], [amounts_out[LATE]]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

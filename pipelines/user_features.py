@@ -17,6 +17,7 @@ import schemas
 from pipelines.catalogue import feature
 from pipelines.common import run
 from pipelines.options import FeatureOptions, early_firings, lateness_ms
+from transforms.fused import FusedFeatures
 from transforms.keys import KeyByEntity
 from transforms.late import LATE
 from transforms.sessions import SessionFeatures
@@ -32,22 +33,28 @@ def user_features(events: beam.PCollection, options: FeatureOptions
     """Wires the user features; returns (feature update streams, late event streams)."""
     keyed = events | "KeyByUser" >> KeyByEntity(TXN.entity)
     assert TXN.where is not None and CLICKS.where is not None
-    txn = (keyed
-           | "OnlyPurchases" >> beam.Filter(lambda kv, where=TXN.where: where(kv[1]))
-           | "TxnTotal5m" >> TumblingSum(
-               TXN.name, TXN.aggregation.field, size_ms=TXN.window_ms,
-               allowed_lateness_ms=lateness_ms(TXN, options),
-               watermark_delay_ms=options.max_out_of_orderness_ms,
-               early_firings=early_firings(TXN, options)))
+    txn = TumblingSum(
+        TXN.name, TXN.aggregation.field, size_ms=TXN.window_ms,
+        allowed_lateness_ms=lateness_ms(TXN, options),
+        watermark_delay_ms=options.max_out_of_orderness_ms,
+        early_firings=early_firings(TXN, options))
     # One session state gives both features: the session is made of all the user's
     # events; the clicks feature counts those its filter picks.
-    sessions = keyed | "Sessions" >> SessionFeatures(
+    sessions = SessionFeatures(
         CLICKS.name, DURATION.name, gap_ms=CLICKS.window_ms,
         allowed_lateness_ms=lateness_ms(CLICKS, options),
         click_type=CLICKS.where.equals, type_field=CLICKS.where.field,
         time_field=DURATION.aggregation.field,
         watermark_delay_ms=options.max_out_of_orderness_ms)
-    return [txn["updates"], sessions["updates"]], [txn[LATE], sessions[LATE]]
+    if options.engine == "fused":
+        out = keyed | "UserFeatures" >> FusedFeatures([
+            ("TxnTotal5m", txn.fn, TXN.where), ("Sessions", sessions.fn, None)])
+        return [out["updates"]], [out[LATE]]
+    txn_out = (keyed
+               | "OnlyPurchases" >> beam.Filter(lambda kv, where=TXN.where: where(kv[1]))
+               | "TxnTotal5m" >> txn)
+    sessions_out = keyed | "Sessions" >> sessions
+    return [txn_out["updates"], sessions_out["updates"]], [txn_out[LATE], sessions_out[LATE]]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

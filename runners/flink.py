@@ -279,7 +279,10 @@ class LaunchedJob:
         """
         deadline = time.monotonic() + timeout
         while True:
-            ours = self._candidates()
+            try:
+                ours = self._candidates()
+            except OSError:  # the JobManager is busy (a submission): ask again
+                ours = []
             if len(ours) > 1:
                 raise RuntimeError(f"{len(ours)} new Flink jobs match launch id "
                                    f"{self.launch_id}, name {self.job_name}: {ours}")
@@ -298,6 +301,14 @@ class LaunchedJob:
             raise RuntimeError("the job is not found yet (find)")
         return str(_rest(self.rest_port, f"/jobs/{self.jid}").get("state"))
 
+    def state_or_none(self) -> str | None:
+        """The state, or None when the REST API does not answer in time (a busy
+        JobManager answers again a moment later)."""
+        try:
+            return self.state()
+        except OSError:
+            return None
+
     def name(self) -> str:
         if self.jid is None:
             raise RuntimeError("the job is not found yet (find)")
@@ -309,7 +320,7 @@ class LaunchedJob:
         deadline = time.monotonic() + timeout
         jid = self.jid or self.find(timeout, alive)
         while True:
-            state = self.state()
+            state = self.state_or_none() or "INITIALIZING"
             if state == "RUNNING":
                 return jid
             if state not in ACTIVE_STATES:
@@ -447,8 +458,8 @@ def run_until(
         while not done(jid):
             if time.monotonic() > deadline:
                 raise TimeoutError("condition not met before timeout")
-            state = job.state()
-            if state not in ACTIVE_STATES:
+            state = job.state_or_none()
+            if state is not None and state not in ACTIVE_STATES:
                 raise RuntimeError(f"Flink job {jid} is {state}")
             time.sleep(poll)
     finally:

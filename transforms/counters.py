@@ -135,6 +135,11 @@ class LifetimeCounts(beam.PTransform):
                              IdleTtl(ttl_ms), time_field, entity_type,
                              EventClock(watermark_delay_ms))
 
+    @property
+    def fn(self) -> beam.DoFn:
+        """The stateful DoFn, for hosting in ``transforms.fused.FusedFeatures``."""
+        return self._fn
+
     def expand(self, keyed: beam.PCollection) -> beam.PCollection:
         return keyed | "Count" >> beam.ParDo(self._fn).with_input_types(
             tuple[str, dict[str, Any]]).with_output_types(FeatureUpdate)

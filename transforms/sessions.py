@@ -154,6 +154,11 @@ class SessionFeatures(beam.PTransform):
                               allowed_lateness_ms, click_type, time_field,
                               type_field, entity_type, EventClock(watermark_delay_ms))
 
+    @property
+    def fn(self) -> beam.DoFn:
+        """The stateful DoFn, for hosting in ``transforms.fused.FusedFeatures``."""
+        return self._fn
+
     def expand(self, keyed: beam.PCollection) -> pvalue.DoOutputsTuple:
         return keyed | "Sessions" >> beam.ParDo(self._fn).with_input_types(
             tuple[str, dict[str, Any]]).with_output_types(FeatureUpdate).with_outputs(

@@ -190,6 +190,11 @@ class SlidingSum(beam.PTransform):
                                  allowed_lateness_ms, time_field, entity_type,
                                  EventClock(watermark_delay_ms))
 
+    @property
+    def fn(self) -> beam.DoFn:
+        """The stateful DoFn, for hosting in ``transforms.fused.FusedFeatures``."""
+        return self._fn
+
     def expand(self, keyed: beam.PCollection) -> pvalue.DoOutputsTuple:
         return keyed | "SlidingSum" >> beam.ParDo(self._fn).with_input_types(
             tuple[str, dict[str, Any]]).with_output_types(FeatureUpdate).with_outputs(

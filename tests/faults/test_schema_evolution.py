@@ -114,8 +114,10 @@ def test_state_layout_change_restores_from_savepoint(svc, tmp_path, figures):
                                         (svc.savepoint_dir / "layout").resolve().as_uri())
         stopped_at = time.monotonic()
         run.kill()
-        run = h.PipelineRun(svc, "ride", [*flags, f"--savepoint_path={savepoint}"], tmp_path,
-                            "layout-2")
+        # The savepoint holds the per-stage state of version 1's topology: the new
+        # version restores it with the same topology (one fused stage is another one).
+        run = h.PipelineRun(svc, "ride", [*flags, f"--savepoint_path={savepoint}",
+                                          "--engine=stages"], tmp_path, "layout-2")
         jid = run.wait_running()
         restored = h.wait_restored_and_checkpointed(svc, jid, None)
         assert restored["is_savepoint"], restored

@@ -135,3 +135,21 @@ def test_replaying_into_a_filled_redis_changes_nothing(redis_db, ride_stream, tm
     assert after == before  # updated_at included: not one field rewritten
     assert again["redis_sink.fields_written"] == 0
     assert again["redis_sink.guard_rejections"] > 0
+
+
+@pytest.mark.parametrize("pipeline", ["user", "ride"])
+def test_fused_engine_gives_every_update_the_stages_give(redis_db, user_stream, ride_stream,
+                                                         tmp_path, pipeline):
+    path, events = user_stream if pipeline == "user" else ride_stream
+    logs = {}
+    for engine in ("stages", "fused"):
+        out = tmp_path / engine
+        out.mkdir()
+        redis_db.client().flushall()
+        run_pipeline(f"pipelines.{pipeline}_features", out, path, redis_db.url,
+                     f"--engine={engine}")
+        logs[engine] = sorted((out / "updates.jsonl").read_text().splitlines())
+    assert len(logs["stages"]) > len(events)
+    assert logs["fused"] == logs["stages"]
+    want = (reference.user_features if pipeline == "user" else reference.ride_features)(events)
+    assert redis_features(redis_db.client()) == want

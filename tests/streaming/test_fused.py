@@ -1,0 +1,115 @@
+"""FusedFeatures: the feature DoFns hosted in one keyed stage give what they give alone.
+
+The same TestStreams (on-time, late within lateness, too late, expiry, TTL)
+run through each feature transform as its own stage and through one
+``FusedFeatures`` stage hosting it, or hosting all of them at once; the
+updates and the late events must be the same multisets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import apache_beam as beam
+import pytest
+
+from tests.helpers import event, run_stream, stream_of
+from transforms.counters import LifetimeCounts
+from transforms.fused import FusedFeatures
+from transforms.sessions import SessionFeatures
+from transforms.sliding import SlidingSum
+from transforms.tumbling import TumblingSum
+
+MIN = 60_000
+
+
+def is_purchase(e: dict[str, Any]) -> bool:
+    return e["eventType"] == "purchase"
+
+
+def is_end(e: dict[str, Any]) -> bool:
+    return e["eventType"] == "END"
+
+
+# label -> (a new feature transform, the events it takes)
+PARTS: dict[str, tuple[Callable[[], beam.PTransform], Callable[[dict[str, Any]], bool] | None]] = {
+    "Tumbling": (lambda: TumblingSum("t", "eventValue", allowed_lateness_ms=MIN,
+                                     watermark_delay_ms=5_000), is_purchase),
+    "Sessions": (lambda: SessionFeatures("clicks", "duration", gap_ms=15 * MIN,
+                                         allowed_lateness_ms=MIN), None),
+    "Counts": (lambda: LifetimeCounts("n", "by_city", "cityId", ttl_ms=10 * MIN), is_end),
+    "Sliding": (lambda: SlidingSum("s", "amount", allowed_lateness_ms=10_000), None),
+}
+
+
+def ev(ts: int, kind: str, value: float = 0.0, user: str = "u") -> dict[str, Any]:
+    return event(user, ts, kind, value, cityId=("ams", "lis")[ts % 2], amount=value)
+
+
+# On time, late within lateness, too late, expiry, a bridged session, an idle key
+# past its TTL, two keys.
+STREAM = (
+    ev(1_000, "purchase", 1.0), ev(2_000, "click"), ev(3_001, "END", 2.5),
+    ev(20 * MIN, "click", user="v"), ev(4_000, "END", 4.0, user="v"),
+    5 * MIN + 6_000,
+    ev(30_000, "purchase", 4.0), ev(5 * MIN + 1_000, "purchase", 0.5),
+    ev(61_001, "END", 1.25),
+    7 * MIN,
+    ev(40_000, "purchase", 8.0), ev(5 * MIN + 2_000, "click"),
+    17 * MIN,
+    ev(10 * MIN, "click"), ev(16 * MIN + 1, "END", 3.0),
+    40 * MIN,
+    ev(41 * MIN, "END", 1.0), ev(39 * MIN, "purchase", 2.0),
+)
+
+
+def normalized(out: dict[str, list[Any]]) -> tuple[list[Any], list[Any]]:
+    updates = sorted((u.entity_id, u.feature, repr(u.value), u.as_of_ms, u.final)
+                     for u in out["updates"])
+    late = sorted((e.feature, e.event["userId"], e.event["eventTimestamp"])
+                  for e in out.get("late", []))
+    return updates, late
+
+
+def alone(label: str) -> tuple[list[Any], list[Any]]:
+    make, where = PARTS[label]
+
+    class Stage(beam.PTransform):
+        def expand(self, keyed: beam.PCollection) -> Any:
+            if where is not None:
+                keyed = keyed | beam.Filter(lambda kv: where(kv[1]))
+            return keyed | make()
+
+    tags = ("updates",) if label == "Counts" else ("updates", "late")
+    out = run_stream(Stage(), stream_of(*STREAM), tags=tags)
+    return normalized(out)
+
+
+def fused(labels: list[str]) -> tuple[list[Any], list[Any]]:
+    parts = [(label, PARTS[label][0]().fn, PARTS[label][1]) for label in labels]
+    return normalized(run_stream(FusedFeatures(parts), stream_of(*STREAM)))
+
+
+@pytest.mark.parametrize("label", list(PARTS))
+def test_one_hosted_part_gives_what_its_own_stage_gives(label):
+    want = alone(label)
+    assert want[0], "the stream must give this part something to do"
+    assert fused([label]) == want
+
+
+def test_all_parts_in_one_stage_give_the_union_of_their_stages():
+    updates: list[Any] = []
+    late: list[Any] = []
+    for label in PARTS:
+        u, lt = alone(label)
+        updates += u
+        late += lt
+    assert late, "the stream must have too-late events"
+    assert fused(list(PARTS)) == (sorted(updates), sorted(late))
+
+
+def test_part_labels_must_be_distinct():
+    fn = PARTS["Sliding"][0]().fn
+    with pytest.raises(ValueError, match="distinct"):
+        FusedFeatures([("a", fn, None), ("a", fn, None)])

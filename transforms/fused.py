@@ -1,0 +1,197 @@
+"""One keyed stage for all of an entity's features: one state cell, one timer family.
+
+On Flink each keyed Python stage costs a state read, a state write and timer
+traffic between the runner and the Python worker, per key and bundle: a
+pipeline with one stage per feature pays it once per feature.
+``FusedFeatures`` runs several feature DoFns (``TumblingSum``'s,
+``SessionFeatures``', ``LifetimeCounts``', ``SlidingSum``'s, unchanged) inside
+one stateful DoFn: each part keeps its own state as an entry of one state
+cell, and asks for timers through one dynamic timer family. When a time
+fires, exactly the parts that asked for it are called back, with the same
+timestamp, so each part computes what it computes as a stage of its own.
+
+A part is ``(label, dofn, where)``: ``where`` picks the events it sees (the
+filter step that would stand before its own stage).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import apache_beam as beam
+from apache_beam import pvalue
+from apache_beam.coders import FastPrimitivesCoder
+from apache_beam.transforms.core import DoFn
+from apache_beam.transforms.userstate import (
+    ReadModifyWriteStateSpec,
+    TimerSpec,
+    get_dofn_specs,
+    on_timer,
+)
+from apache_beam.utils.timestamp import Timestamp
+
+from transforms.late import LATE
+from transforms.model import FeatureUpdate
+from transforms.state_layout import StateLayout
+
+# The cell: {"<part>/<state>": that state's value, "_t": {"<part>/<timer>": [times]}}
+LAYOUT = StateLayout("FusedFeatures")  # version 1: see transforms/state_layout.py
+_TIMERS = "_t"
+
+Part = tuple[str, DoFn, Callable[[dict[str, Any]], bool] | None]
+
+
+class _CellState:
+    """A part's ReadModifyWriteState, kept in one entry of the shared cell."""
+
+    def __init__(self, cell: dict[str, Any], name: str) -> None:
+        self._cell = cell
+        self._name = name
+
+    def read(self) -> Any:
+        return self._cell.get(self._name)
+
+    def write(self, value: Any) -> None:
+        self._cell[self._name] = value
+
+    def clear(self) -> None:
+        self._cell.pop(self._name, None)
+
+
+class _CellTimer:
+    """A part's timer: a dynamic one keeps every time set (one per tag), a static
+    one only its latest; the shared timer family fires them."""
+
+    def __init__(self, cell: dict[str, Any], name: str, wanted: set[int]) -> None:
+        self._cell = cell
+        self._name = name
+        self._wanted = wanted
+
+    def set(self, ts: Timestamp, dynamic_timer_tag: str = "") -> None:
+        micros = Timestamp.of(ts).micros
+        timers = self._cell.setdefault(_TIMERS, {})
+        if dynamic_timer_tag:
+            times = timers.setdefault(self._name, [])
+            if micros not in times:
+                times.append(micros)
+        else:
+            timers[self._name] = [micros]
+        self._wanted.add(micros)
+
+    def clear(self, dynamic_timer_tag: str = "") -> None:
+        raise NotImplementedError("parts of FusedFeatures do not clear timers")
+
+
+def _params(method: Callable[..., Any]) -> dict[str, Any]:
+    return {name: p.default for name, p in inspect.signature(method).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
+class _Part:
+    """One hosted DoFn: how to call its ``process`` and its timer callbacks."""
+
+    def __init__(self, label: str, fn: DoFn, where: Callable[[dict[str, Any]], bool] | None
+                 ) -> None:
+        self.label = label
+        self.fn = fn
+        self.where = where
+        _, timer_specs = get_dofn_specs(fn)
+        # timer name -> (callback, its parameters); in a fixed order
+        self.callbacks = {f"{label}/{spec.name}": (spec._attached_callback,
+                                                   _params(spec._attached_callback))
+                          for spec in sorted(timer_specs, key=lambda s: s.name)}
+        self.process_params = _params(fn.process)
+
+    def kwargs(self, params: dict[str, Any], cell: dict[str, Any], wanted: set[int],
+               key: str | None = None, fired: Timestamp | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, param in params.items():
+            if param == DoFn.KeyParam:
+                out[name] = key
+            elif param == DoFn.TimestampParam:
+                out[name] = fired
+            elif hasattr(param, "state_spec"):
+                out[name] = _CellState(cell, f"{self.label}/{param.state_spec.name}")
+            elif hasattr(param, "timer_spec"):
+                out[name] = _CellTimer(cell, f"{self.label}/{param.timer_spec.name}", wanted)
+            else:
+                raise TypeError(f"{self.label}: FusedFeatures cannot pass {name}={param!r}")
+        return out
+
+
+class _FusedFn(beam.DoFn):
+    CELL = ReadModifyWriteStateSpec("features", FastPrimitivesCoder())
+    FIRE = TimerSpec("features_fire", beam.TimeDomain.WATERMARK)
+
+    def __init__(self, parts: Sequence[Part]) -> None:
+        labels = [label for label, _, _ in parts]
+        if len(set(labels)) != len(labels) or any("/" in label for label in labels):
+            raise ValueError(f"part labels must be distinct and have no '/': {labels}")
+        self._parts = [_Part(*p) for p in parts]
+
+    def _set_timers(self, fire: Any, wanted: set[int]) -> None:
+        for micros in wanted:
+            fire.set(Timestamp(micros=micros), dynamic_timer_tag=str(micros))
+
+    def process(self, kv: tuple[str, dict[str, Any]],
+                cell_state=beam.DoFn.StateParam(CELL),
+                fire=beam.DoFn.TimerParam(FIRE)) -> Iterator[Any]:
+        event = kv[1]
+        cell = LAYOUT.read(cell_state) or LAYOUT.new()
+        wanted: set[int] = set()
+        for part in self._parts:
+            if part.where is None or part.where(event):
+                yield from part.fn.process(kv, **part.kwargs(part.process_params, cell, wanted))
+        self._set_timers(fire, wanted)
+        cell_state.write(cell)
+
+    @on_timer(FIRE)
+    def _fire(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
+              cell_state=beam.DoFn.StateParam(CELL),
+              fire=beam.DoFn.TimerParam(FIRE)) -> Iterator[Any]:
+        cell = LAYOUT.read(cell_state)
+        if cell is None:
+            return
+        micros = Timestamp.of(fired).micros
+        wanted: set[int] = set()
+        timers = cell.get(_TIMERS, {})
+        for part in self._parts:
+            for name, (callback, params) in part.callbacks.items():
+                times = timers.get(name)
+                if not times or micros not in times:
+                    continue  # not this part's time, or a static timer set anew since
+                times.remove(micros)
+                if not times:
+                    del timers[name]
+                kwargs = part.kwargs(params, cell, wanted, key, fired)
+                yield from callback(part.fn, **kwargs) or ()
+        self._set_timers(fire, wanted)
+        if any(k != _TIMERS and k != "_v" for k in cell) or cell.get(_TIMERS):
+            cell_state.write(cell)
+        else:
+            cell_state.clear()
+
+
+class FusedFeatures(beam.PTransform):
+    """All of an entity's features in one keyed stateful stage.
+
+    Input: ``(entity_id, event)``. Main output ``updates``: the ``FeatureUpdate``s
+    of every part; tagged ``late``: the parts' too-late events (each names its
+    feature).
+
+    Args:
+        parts: ``(label, dofn, where)`` per part: a stable label (it names the
+            part's state), the feature DoFn of a feature transform (its ``_fn``),
+            and the filter of the events it takes (None: all).
+    """
+
+    def __init__(self, parts: Sequence[Part]) -> None:
+        super().__init__()
+        self._fn = _FusedFn(parts)
+
+    def expand(self, keyed: beam.PCollection) -> pvalue.DoOutputsTuple:
+        return keyed | "Features" >> beam.ParDo(self._fn).with_input_types(
+            tuple[str, dict[str, Any]]).with_output_types(FeatureUpdate).with_outputs(
+            LATE, main="updates")

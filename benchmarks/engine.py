@@ -6,15 +6,18 @@ ride pipeline ``RideCounts`` and ``AmountSum60s``) and ``--engine=fused``
 (``transforms.fused.FusedFeatures``: one keyed stage, one state cell and one
 timer family per key; the default since this comparison), in one run on one
 cluster: the
-product's FlinkRunner preset (RocksDB, 50-ms bundles), parallelism 1,
-checkpoints every 10 s, LOOPBACK workers. Each job reads a topic filled
+product's FlinkRunner preset (RocksDB, the ``low_latency`` 50-ms bundles),
+parallelism 1, checkpoints every 10 s, LOOPBACK workers; and the fused
+stage again with the ``catch_up`` bundle preset (bundles of up to 1 s or
+50,000 elements, ``--bundle_preset=catch_up``). Each job reads a topic filled
 beforehand (2 partitions; events of 1,000 users, Zipf skew 1.1, event times
 ending now, up to 2 s out of order, nothing late), so it starts with the
 whole backlog waiting. Throughput: records into the keyed step (``Sessions``
 / ``AmountSum60s`` / the fused step, from Flink's REST metrics, sampled every
 second), as the least-squares slope from the sample where 5% of the backlog
-had gone in to the one where 95% had. The engines alternate (stages, fused,
-fused, stages) so that a drift of the machine during the run weighs on both.
+had gone in to the one where 95% had. Each variant runs twice per pipeline,
+in the order given and then reversed, so that a drift of the machine during
+the run weighs on all alike.
 """
 
 from __future__ import annotations
@@ -34,9 +37,14 @@ from runners.pipeline_process import PipelineProcess
 NAME = "engine"
 TITLE = "Engine: keyed stage per feature group vs one fused stage, catch-up on Flink"
 CHECKPOINT_INTERVAL_MS = 10_000
+# variant -> (engine, bundle preset)
+VARIANTS = {"stages": ("stages", "low_latency"), "fused": ("fused", "low_latency"),
+            "fused, catch_up bundles": ("fused", "catch_up")}
 KEYED_STEP = {("user", "stages"): "Sessions", ("user", "fused"): "UserFeatures",
               ("ride", "stages"): "AmountSum60s", ("ride", "fused"): "RideFeatures"}
-ORDER = ("stages", "fused", "fused", "stages")
+# Each variant once forwards and once backwards, so that a drift of the machine
+# during the run weighs on all of them alike.
+ORDER = (*VARIANTS, *reversed(VARIANTS))
 
 
 def _fill(svc: Any, pipeline: str, topic: str, events: int) -> None:
@@ -51,14 +59,15 @@ def _fill(svc: Any, pipeline: str, topic: str, events: int) -> None:
     producer.flush()
 
 
-def _catch_up(svc: Any, pipeline: str, engine: str, topic: str, events: int,
+def _catch_up(svc: Any, pipeline: str, variant: str, topic: str, events: int,
               workdir: Path) -> dict[str, Any]:
-    flags = [*service_args(svc, 1, CHECKPOINT_INTERVAL_MS), f"--topic={topic}",
-             f"--consumer_group=engine-{topic}-{engine}-{time.monotonic_ns()}",
+    engine, bundles = VARIANTS[variant]
+    flags = [*service_args(svc, 1, CHECKPOINT_INTERVAL_MS, bundles), f"--topic={topic}",
+             f"--consumer_group=engine-{topic}-{time.monotonic_ns()}",
              f"--redis_url=redis://127.0.0.1:{svc.ports.redis}/0",
              f"--max_records={events}", f"--engine={engine}", "--run_timeout_s=900"]
     process = PipelineProcess(svc.ports.flink_rest, pipeline, flags, workdir,
-                              f"{topic}-{engine}")
+                              f"{topic}-{engine}-{bundles}")
     try:
         jid = process.wait_running(300)
         sampler = JobSampler(svc.ports.flink_rest, jid, KEYED_STEP[(pipeline, engine)],
@@ -66,7 +75,7 @@ def _catch_up(svc: Any, pipeline: str, engine: str, topic: str, events: int,
         deadline = time.monotonic() + 900
         while (sampler.records_at(time.time()) or 0) < 0.95 * events:
             if time.monotonic() > deadline or process.proc.poll() is not None:
-                raise RuntimeError(f"{pipeline}/{engine}: backlog not read in time "
+                raise RuntimeError(f"{pipeline}/{variant}: backlog not read in time "
                                    f"({sampler.records_at(time.time())}/{events})")
             time.sleep(1)
         sampler.stop()
@@ -75,8 +84,8 @@ def _catch_up(svc: Any, pipeline: str, engine: str, topic: str, events: int,
         rate = sampler.rate(t5, t95)
     finally:
         process.kill()
-    return {"pipeline": pipeline, "engine": engine, "events": events,
-            "events_per_s": None if rate is None else round(rate),
+    return {"pipeline": pipeline, "variant": variant, "engine": engine, "bundles": bundles,
+            "events": events, "events_per_s": None if rate is None else round(rate),
             "seconds_5_to_95": round(t95 - t5, 1)}
 
 
@@ -87,35 +96,39 @@ def run(mode: str) -> dict[str, Any]:
         for pipeline in ("user", "ride"):
             topic = f"engine-{pipeline}"
             _fill(svc, pipeline, topic, events)
-            for engine in ORDER:
-                result = _catch_up(svc, pipeline, engine, topic, events, Path(tmp))
-                print(f"  {pipeline} {engine}: {result['events_per_s']} events/s "
+            for variant in ORDER:
+                result = _catch_up(svc, pipeline, variant, topic, events, Path(tmp))
+                print(f"  {pipeline} {variant}: {result['events_per_s']} events/s "
                       f"({result['seconds_5_to_95']} s for 90% of {events})", flush=True)
                 runs.append(result)
-    return {"params": {"events": events, "parallelism": 1, "bundle_ms": 50,
-                       "checkpoint_interval_ms": CHECKPOINT_INTERVAL_MS, "order": ORDER},
+    return {"params": {"events": events, "parallelism": 1,
+                       "checkpoint_interval_ms": CHECKPOINT_INTERVAL_MS, "order": ORDER,
+                       "variants": {v: list(p) for v, p in VARIANTS.items()}},
             "runs": runs, "summary": summary(runs)}
 
 
-def summary(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Per pipeline: mean events/s per engine and the ratio fused / stages."""
-    out: dict[str, dict[str, float]] = {}
+def summary(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per pipeline and variant: mean events/s and the ratio to ``stages``."""
+    out: dict[str, dict[str, Any]] = {}
     for pipeline in ("user", "ride"):
         means = {}
-        for engine in ("stages", "fused"):
-            rates = [r["events_per_s"] for r in runs
-                     if r["pipeline"] == pipeline and r["engine"] == engine and r["events_per_s"]]
-            means[engine] = sum(rates) / len(rates) if rates else 0.0
-        out[pipeline] = {**means, "ratio": round(means["fused"] / means["stages"], 2)
-                         if means["stages"] else 0.0}
+        for variant in VARIANTS:
+            rates = [r["events_per_s"] for r in runs if r["pipeline"] == pipeline
+                     and r["variant"] == variant and r["events_per_s"]]
+            means[variant] = sum(rates) / len(rates) if rates else 0.0
+        base = means["stages"]
+        out[pipeline] = {v: {"events_per_s": round(m),
+                             "over_stages": round(m / base, 2) if base else 0.0}
+                         for v, m in means.items()}
     return out
 
 
 def headline(data: dict[str, Any]) -> dict[str, float]:
-    return {f"{p}_fused_over_stages": s["ratio"] for p, s in data["summary"].items()}
+    return {f"{p}: {v}": s["over_stages"] for p, per in data["summary"].items()
+            for v, s in per.items() if v != "stages"}
 
 
 def print_summary(data: dict[str, Any]) -> None:
-    for pipeline, s in data["summary"].items():
-        print(f"  {pipeline}: stages {s['stages']:.0f} events/s, fused {s['fused']:.0f} "
-              f"events/s: x{s['ratio']}")
+    for pipeline, per in data["summary"].items():
+        print(f"  {pipeline}: " + "; ".join(
+            f"{v} {s['events_per_s']} events/s (x{s['over_stages']})" for v, s in per.items()))

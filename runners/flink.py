@@ -71,6 +71,7 @@ class FlinkPreset:
     # 50 ms raised the rate with p99 < 1 s from 100 to 500 events/s (user job,
     # BENCHMARKS.md section 3, the 200 ms vs 50 ms rows).
     max_bundle_time_ms: int | None = 50
+    max_bundle_size: int | None = None  # elements; Beam's Flink default is 1,000
 
     @classmethod
     def local(
@@ -129,6 +130,8 @@ class FlinkPreset:
             args.append("--finish_bundle_before_checkpointing")
         if self.max_bundle_time_ms:
             args.append(f"--max_bundle_time_mills={self.max_bundle_time_ms}")
+        if self.max_bundle_size:
+            args.append(f"--max_bundle_size={self.max_bundle_size}")
         if self.savepoint_path:
             args.append(f"--savepoint_path={self.savepoint_path}")
             if self.allow_non_restored_state:
@@ -158,14 +161,26 @@ def flink_pipeline_args(
 # --------------------------------------------------------------------------- Flink REST helpers
 
 
+# Bundle size trades freshness for throughput: a Python step hands its output on
+# when its bundle ends, and pays its state round trips once per key and bundle.
+BUNDLE_PRESETS: dict[str, dict[str, int | None]] = {
+    # Live streams: output every 50 ms at the latest (freshness p99 < 1 s).
+    "low_latency": {"max_bundle_time_ms": 50, "max_bundle_size": None},
+    # Backlogs (backfills, restarts after downtime): bundles of up to 1 s / 50k.
+    "catch_up": {"max_bundle_time_ms": 1_000, "max_bundle_size": 50_000},
+}
+
+
 def service_args(svc: LocalServices, parallelism: int = 1,
-                 checkpoint_interval_ms: int = 2_000) -> list[str]:
+                 checkpoint_interval_ms: int = 2_000, bundles: str = "low_latency"
+                 ) -> list[str]:
     """FlinkRunner flags for a job on ``svc``'s services (any ports, its own checkpoint
-    directory): the product preset, with checkpoints every ``checkpoint_interval_ms``.
-    Tests and benchmarks use it for clusters on free ports."""
+    directory): the product preset, with checkpoints every ``checkpoint_interval_ms``
+    and the ``bundles`` preset. Tests and benchmarks use it for clusters on free ports."""
     preset = FlinkPreset.local(svc.ports, state_dir=svc.state_dir, parallelism=parallelism,
                                checkpoint_interval_ms=checkpoint_interval_ms,
-                               min_pause_ms=min(500, checkpoint_interval_ms))
+                               min_pause_ms=min(500, checkpoint_interval_ms),
+                               **BUNDLE_PRESETS[bundles])
     return [*preset.pipeline_args(), f"--expansion_service={svc.ports.expansion_address}",
             f"--bootstrap_servers={svc.ports.bootstrap_servers}"]
 
@@ -210,6 +225,10 @@ class LaunchOptions(PipelineOptions):
         parser.add_argument("--launch_id", default=None,
                             help="token stamped on the Flink job to find it among others "
                                  "(default: a fresh one per launch)")
+        parser.add_argument("--bundle_preset", default="low_latency",
+                            choices=tuple(BUNDLE_PRESETS),
+                            help="low_latency: 50-ms bundles, for live streams; catch_up: "
+                                 "bundles of up to 1 s / 50,000 elements, for backlogs")
 
 
 def new_launch_id() -> str:
@@ -499,6 +518,11 @@ def with_flink_defaults(argv: list[str], **preset: Any) -> list[str]:
     if not is_flink(argv):
         return argv
     given = {a.split("=", 1)[0] for a in argv if a.startswith("--")}
+    bundles = next((a.split("=", 1)[1] for a in argv if a.startswith("--bundle_preset=")),
+                   "low_latency")
+    if bundles not in BUNDLE_PRESETS:
+        raise SystemExit(f"--bundle_preset={bundles}: one of {', '.join(BUNDLE_PRESETS)}")
+    preset = {**BUNDLE_PRESETS[bundles], **preset}
     defaults = [a for a in FlinkPreset.local(**preset).pipeline_args()
                 if a.split("=", 1)[0] not in given]
     return defaults + argv

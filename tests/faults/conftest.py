@@ -5,7 +5,9 @@ outage, ...) through the ``figures`` fixture. After the test, its figures and
 outcome are stored as ``tests/faults/results/<test>.json`` with the date and
 the commit; at the end of the session RELIABILITY.md is regenerated from every
 stored result, so a partial run keeps the figures of tests it did not run
-(each marked with the date and commit it came from).
+(each marked with the date and commit it came from). Only ``make faults``
+records (it sets ``RTF_FAULTS_RECORD=1``): the fast fault tests that
+``make test`` runs leave the tracked results and the report as they were.
 """
 
 from __future__ import annotations
@@ -116,7 +118,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if not _OUTCOMES:
+    if not _OUTCOMES or os.environ.get("RTF_FAULTS_RECORD") != "1":
         return
     RESULTS.mkdir(exist_ok=True)
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")

@@ -1,0 +1,42 @@
+"""The FlinkRunner preset flags a pipeline gets from ``--runner=FlinkRunner`` alone."""
+
+from __future__ import annotations
+
+import pytest
+
+from runners.flink import with_flink_defaults
+
+
+def flags(*argv: str) -> dict[str, str]:
+    out = {}
+    for arg in with_flink_defaults(["--runner=FlinkRunner", *argv]):
+        name, _, value = arg.partition("=")
+        out[name] = value
+    return out
+
+
+def test_live_streams_get_50_ms_bundles_of_the_default_size():
+    got = flags()
+    assert got["--max_bundle_time_mills"] == "50"
+    assert "--max_bundle_size" not in got
+    assert got["--state_backend"] == "rocksdb" and "--streaming" in got
+
+
+def test_the_catch_up_preset_takes_bundles_of_1_s_or_50k_elements():
+    got = flags("--bundle_preset=catch_up")
+    assert (got["--max_bundle_time_mills"], got["--max_bundle_size"]) == ("1000", "50000")
+
+
+def test_a_flag_given_wins_over_the_preset():
+    got = flags("--bundle_preset=catch_up", "--max_bundle_time_mills=200")
+    assert (got["--max_bundle_time_mills"], got["--max_bundle_size"]) == ("200", "50000")
+
+
+def test_an_unknown_preset_is_refused_with_the_choices():
+    with pytest.raises(SystemExit, match="one of low_latency, catch_up"):
+        flags("--bundle_preset=fast")
+
+
+def test_other_runners_are_left_alone():
+    assert with_flink_defaults(["--runner=DirectRunner", "--bundle_preset=catch_up"]) == [
+        "--runner=DirectRunner", "--bundle_preset=catch_up"]

@@ -30,17 +30,19 @@ from runners.services import LocalServices
 from serving.lookup import FeatureClient
 
 COLUMNS = tuple(f.name for f in PIPELINES["user"])
+# A session feature moves with every event: its as_of is the user's newest event time.
+SESSION_FEATURE = next(f.name for f in PIPELINES["user"] if f.window_kind == "session")
 
 
 def print_table(client: FeatureClient, users: Sequence[str]) -> None:
     """One row per user: the typed features the model would get, with their age."""
-    header = ("user", *COLUMNS, "final", "newest as_of (UTC)")
+    header = ("user", *COLUMNS, "final", "session as_of (UTC)")
     rows = []
     for view in client.get_many(users):
         cells = [view.entity_id] + [str(view.values[f]) for f in COLUMNS]
         cells.append("yes" if all(view.final.get(f) for f in COLUMNS if f in view.final)
                      else "no")
-        newest = max(view.as_of_ms.values(), default=None)
+        newest = view.as_of_ms.get(SESSION_FEATURE)
         cells.append("-" if newest is None else time.strftime(
             "%H:%M:%S", time.gmtime(newest / 1000)) + f".{newest % 1000:03d}")
         rows.append(cells)
@@ -134,9 +136,7 @@ def produce_and_report(ports: Any, args: Any, topic: str, events: list[dict[str,
     client = redis.Redis(port=ports.redis)
     producer = EventProducer(ports.bootstrap_servers, topic, SCHEMA_FILES["user"])
     warm_up(producer, client)
-    # A session feature moves with every event: its as_of is the user's newest event time.
-    session_feature = next(f.name for f in PIPELINES["user"] if f.window_kind == "session")
-    probe = FreshnessProbe(client, feature=session_feature).start()
+    probe = FreshnessProbe(client, feature=SESSION_FEATURE).start()
     started = time.monotonic()
     for i, event in enumerate(events):
         producer.send(event)

@@ -1,4 +1,4 @@
-"""Benchmarks of issue 5: throughput, state size and latency beside their physical limits.
+"""Benchmarks: throughput, state size and latency beside their physical limits.
 
     python -m benchmarks.run [--quick] [--sections transform,sink,state,serving]
 

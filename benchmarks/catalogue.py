@@ -1,4 +1,4 @@
-"""The sections of issue 5, in report order, and the module that measures each.
+"""The sections of BENCHMARKS.md, in report order, and the module that measures each.
 
 A section whose ``module`` is ``None`` has no benchmark in this tree yet: the
 report says "not run" for it until a module exists and has written its
@@ -22,7 +22,7 @@ class Section:
 
     Attributes:
         name: short name: ``--sections`` value and results file name.
-        part: the part of issue 5 it answers.
+        part: its number in BENCHMARKS.md.
         title: heading in BENCHMARKS.md.
         module: dotted module that measures it, or ``None`` if none exists yet.
         pending: why it is not measured yet (sections without a module).

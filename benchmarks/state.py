@@ -11,8 +11,8 @@ time, in order, for ``seconds`` seconds; the watermark trails the events by
 encoded with its declared coder (``FastPrimitivesCoder``) and measured.
 Rates are the base rate times 1, 10, 100 and 1000.
 
-(RocksDB checkpoint size and duration for 100k keys, the other half of
-issue 5 part 4, needs the Flink services and is a separate section.)
+(RocksDB checkpoint size and duration for 100k keys, the other half of the
+state question, needs the Flink services and is a separate section, 4b.)
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ from runners.services import LocalServices, ServicePorts, default_state_dir
 class FlinkPreset:
     """High-level settings for a streaming job on the local Flink cluster.
 
-    Seed defaults: checkpoint every 60 s, EXACTLY_ONCE, 30 s min pause, 120 s
+    Defaults: checkpoint every 60 s, EXACTLY_ONCE, 30 s min pause, 120 s
     timeout, one checkpoint at a time, RocksDB, externalized checkpoints
     retained on cancellation. Tests lower ``checkpoint_interval_ms`` to 2000.
     """
@@ -512,7 +512,7 @@ def with_flink_defaults(argv: list[str], **preset: Any) -> list[str]:
     """``argv`` with the local preset's flags in front of it, for the ones it lacks.
 
     So ``--runner=FlinkRunner --topic=...`` alone runs streaming on the local
-    cluster with RocksDB and the seed's checkpoint settings, and any flag the
+    cluster with RocksDB and checkpoints every 60 s (exactly once), and any flag the
     user gives wins.
     """
     if not is_flink(argv):

@@ -1,4 +1,4 @@
-"""A small model service in the spirit of the seed's ``predict_for_user``.
+"""A small model service: ``predict_for_user`` over the online features.
 
     python -m serving.model_service --redis_url=redis://127.0.0.1:6379/0 u0001 u0002
 

@@ -151,7 +151,7 @@ class _RouteLateFn(beam.DoFn):
 
 
 class RouteLateEvents(beam.PTransform):
-    """The seed's late-event router for keyed events: too-late ones go to ``late``.
+    """A late-event router for keyed events: too-late ones go to ``late``.
 
     Input and main output: ``(key, event)``. An event is too late when its
     timestamp plus ``allowed_lateness_ms`` is behind the watermark known for its

@@ -47,10 +47,10 @@ class RedisSinkConfig:
     Attributes:
         url: ``redis://[:password@]host:port/db`` or ``rediss://`` for TLS. The
             password never reaches logs (``repr`` redacts it).
-        layout: ``hash`` (one hash per entity, DESIGN.md), ``seed`` (``HSET
-            user_features <id> <json>``, the seed's layout) or ``both``.
+        layout: ``hash`` (one hash per entity), ``seed`` (the compatibility layout:
+            ``HSET user_features <id> <json>``, one JSON vector per user) or ``both``.
         prefix: key prefix of the hash layout: ``{prefix}:{entity_type}:{id}``.
-        seed_key: the hash of the seed layout.
+        seed_key: the hash of the compatibility layout.
         key_ttl_s: expire an entity's hash this long after its last write
             (hash layout only); ``None`` keeps it.
         batch_size: entities per pipelined batch.

@@ -3,10 +3,10 @@
 A session is a run of one entity's events whose event-time gaps are below
 ``gap_ms`` (Beam ``Sessions`` semantics: each event opens ``[ts, ts + gap)``
 and overlapping intervals merge). Built as a keyed stateful DoFn with timers
-(the seed's KeyedProcessFunction shape, without its bugs): the session's start
-is its *earliest* event, not the first to arrive, so out-of-order data never
-gives a negative duration; a late event within the allowed lateness merges
-(and may bridge two sessions) and re-emits the final value.
+(a KeyedProcessFunction's shape): the session's start is its *earliest*
+event, not the first to arrive, so out-of-order data never gives a negative
+duration; a late event within the allowed lateness merges (and may bridge two
+sessions) and re-emits the final value.
 """
 
 from __future__ import annotations

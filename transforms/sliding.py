@@ -13,9 +13,9 @@ later (its events expire and the value falls, to 0 when the window empties).
 Each point is final when the watermark passes it; before that a speculative
 value is emitted on every event.
 
-Unlike the seed, two events with one timestamp both count (tiles add, they do
-not overwrite), nothing later than ``as_of`` is included, and expiry publishes
-the lowered value. Late events within the allowed lateness repair every point
+Two events with one timestamp both count (tiles add, they do not overwrite),
+nothing later than ``as_of`` is included, and expiry publishes the lowered
+value. Late events within the allowed lateness repair every point
 they touch; later ones go to the ``late`` output.
 """
 

@@ -1,4 +1,4 @@
--- Guarded write in the seed-compatible layout: HSET <seed_key> <entity_id> <json>.
+-- Guarded write in the compatibility layout: HSET <seed_key> <entity_id> <json>.
 -- KEYS[1]: the shared hash, e.g. user_features
 -- ARGV[1]: entity id; then groups of 4: field, value (a JSON literal), as_of_ms, final.
 -- The JSON document holds the features plus "_meta": {field: {"as_of": "...", "final": "1"}}.

@@ -62,10 +62,6 @@ def feature(name: str) -> Feature:
                        f"(known: {', '.join(FEATURES)})") from None
 
 
-def pipeline_of(name: str) -> str:
-    return next(p for p, fs in PIPELINES.items() if any(f.name == name for f in fs))
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     """Prints every feature of both pipelines, one JSON object per line."""
     del argv

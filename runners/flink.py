@@ -328,11 +328,6 @@ class LaunchedJob:
         except OSError:
             return None
 
-    def name(self) -> str:
-        if self.jid is None:
-            raise RuntimeError("the job is not found yet (find)")
-        return str(_rest(self.rest_port, f"/jobs/{self.jid}").get("name"))
-
     def wait_running(self, timeout: float = 300.0,
                      alive: Callable[[], bool] | None = None) -> str:
         """Finds the job and waits until it is RUNNING; a job that ended first is an error."""

@@ -84,9 +84,28 @@ class _CellTimer:
         raise NotImplementedError("parts of FusedFeatures do not clear timers")
 
 
-def _params(method: Callable[..., Any]) -> dict[str, Any]:
-    return {name: p.default for name, p in inspect.signature(method).parameters.items()
-            if p.default is not inspect.Parameter.empty}
+# What a hosted method's parameter receives: (name, kind, state or timer name).
+_Param = tuple[str, str, str]
+
+
+def _params(label: str, method: Callable[..., Any]) -> list[_Param]:
+    """Resolves a hosted method's Beam parameters once, when the stage is built."""
+    out = []
+    for name, p in inspect.signature(method).parameters.items():
+        param = p.default
+        if param is inspect.Parameter.empty:
+            continue
+        if param == DoFn.KeyParam:
+            out.append((name, "key", ""))
+        elif param == DoFn.TimestampParam:
+            out.append((name, "timestamp", ""))
+        elif hasattr(param, "state_spec"):
+            out.append((name, "state", f"{label}/{param.state_spec.name}"))
+        elif hasattr(param, "timer_spec"):
+            out.append((name, "timer", f"{label}/{param.timer_spec.name}"))
+        else:
+            raise TypeError(f"{label}: FusedFeatures cannot pass {name}={param!r}")
+    return out
 
 
 class _Part:
@@ -100,24 +119,21 @@ class _Part:
         _, timer_specs = get_dofn_specs(fn)
         # timer name -> (callback, its parameters); in a fixed order
         self.callbacks = {f"{label}/{spec.name}": (spec._attached_callback,
-                                                   _params(spec._attached_callback))
+                                                   _params(label, spec._attached_callback))
                           for spec in sorted(timer_specs, key=lambda s: s.name)}
-        self.process_params = _params(fn.process)
+        self.process_params = _params(label, fn.process)
 
-    def kwargs(self, params: dict[str, Any], cell: dict[str, Any], wanted: set[int],
+    @staticmethod
+    def kwargs(params: list[_Param], cell: dict[str, Any], wanted: set[int],
                key: str | None = None, fired: Timestamp | None = None) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for name, param in params.items():
-            if param == DoFn.KeyParam:
-                out[name] = key
-            elif param == DoFn.TimestampParam:
-                out[name] = fired
-            elif hasattr(param, "state_spec"):
-                out[name] = _CellState(cell, f"{self.label}/{param.state_spec.name}")
-            elif hasattr(param, "timer_spec"):
-                out[name] = _CellTimer(cell, f"{self.label}/{param.timer_spec.name}", wanted)
+        for name, kind, cell_name in params:
+            if kind == "state":
+                out[name] = _CellState(cell, cell_name)
+            elif kind == "timer":
+                out[name] = _CellTimer(cell, cell_name, wanted)
             else:
-                raise TypeError(f"{self.label}: FusedFeatures cannot pass {name}={param!r}")
+                out[name] = key if kind == "key" else fired
         return out
 
 

@@ -24,6 +24,8 @@ from transforms.declarations import (
     check_catalogue,
     count,
     count_by,
+    count_distinct,
+    last,
     session_span_s,
     sum_of,
 )
@@ -39,6 +41,8 @@ PIPELINES: dict[str, tuple[Feature, ...]] = {
                 window=Sessions(15 * 60), where=Where("eventType", "click")),
         Feature("session_duration_s", **USER, aggregation=session_span_s(),
                 window=Sessions(15 * 60)),
+        Feature("last_purchase_value", **USER, aggregation=last("eventValue"),
+                window=GlobalWindows(), where=Where("eventType", "purchase")),
     ),
     "ride": (
         Feature("lifetime_rides", **RIDE, aggregation=count(),
@@ -47,6 +51,8 @@ PIPELINES: dict[str, tuple[Feature, ...]] = {
                 window=GlobalWindows(), where=Where("eventType", "END")),
         Feature("amount_sum_60s", **RIDE, aggregation=sum_of("amount"),
                 window=Sliding(size_s=60, tile_s=1)),
+        Feature("distinct_cities_24h", **RIDE, aggregation=count_distinct("cityId"),
+                window=Sliding(size_s=24 * 3600, tile_s=15 * 60)),
     ),
 }
 

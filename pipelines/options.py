@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from apache_beam.options.pipeline_options import KafkaStreamsRunnerOptions, PipelineOptions
 
-from transforms.declarations import Feature
+from transforms.engine import ENGINES, EngineSettings
 
 
 class FeatureOptions(PipelineOptions):
@@ -69,26 +69,24 @@ class FeatureOptions(PipelineOptions):
                           help="clear lifetime state of keys idle this long (event time); "
                                "overrides the declared TTL")
         feat.add_argument("--tile_ms", type=int, default=None,
-                          help="tile size of the sliding sum (divides its window; default: "
-                               "the declared tile)")
+                          help="tile size of every sliding feature (divides each window; "
+                               "default: the declared tiles)")
         feat.add_argument("--no_early_firings", action="store_true",
                           help="no speculative window values before the watermark")
-        feat.add_argument("--engine", default="fused", choices=("fused", "stages"),
+        feat.add_argument("--engine", default="fused", choices=ENGINES,
                           help="fused: one keyed stage for all of an entity's features (one "
                                "state cell and one timer family per key); stages: a keyed "
                                "stage per feature group (restores savepoints taken by it)")
 
 
-def lateness_ms(feature: Feature, options: FeatureOptions) -> int:
-    """The feature's allowed lateness, unless ``--allowed_lateness_ms`` overrides it."""
-    if options.allowed_lateness_ms is not None:
-        return int(options.allowed_lateness_ms)
-    return feature.allowed_lateness_ms
-
-
-def early_firings(feature: Feature, options: FeatureOptions) -> bool:
-    """Whether the feature emits speculative values (``--no_early_firings`` turns all off)."""
-    return feature.early_firing == "every_element" and not options.no_early_firings
+def engine_settings(options: FeatureOptions, step_names: dict[str, str] | None = None
+                    ) -> EngineSettings:
+    """The command line's overrides of the declarations, for ``transforms.engine``."""
+    return EngineSettings(
+        engine=options.engine, watermark_delay_ms=options.max_out_of_orderness_ms,
+        allowed_lateness_ms=options.allowed_lateness_ms, tile_ms=options.tile_ms,
+        state_ttl_s=options.state_ttl_s, early_firings=not options.no_early_firings,
+        step_names=dict(step_names or {}))
 
 
 def bootstrap_servers(options: PipelineOptions) -> str:

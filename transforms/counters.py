@@ -13,15 +13,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.coders import FastPrimitivesCoder
 from apache_beam.metrics import Metrics
-from apache_beam.transforms.userstate import (
-    ReadModifyWriteStateSpec,
-    TimerSpec,
-    on_timer,
-)
 
+from transforms.aggregations import Accumulator
+from transforms.fused import FeaturePart
 from transforms.late import EventClock
+from transforms.lifetime import lifetime_dofn
 from transforms.model import USER, FeatureUpdate
 from transforms.state_layout import StateLayout, StateLayoutError
 from transforms.ttl import IdleTtl
@@ -41,17 +38,14 @@ def _drop_total(meta: dict[str, Any]) -> dict[str, Any]:
 LAYOUT = StateLayout("LifetimeCounts", 2, {1: _drop_total})
 
 
-class _CountsFn(beam.DoFn):
-    META = ReadModifyWriteStateSpec("meta", FastPrimitivesCoder())
-    FINAL = TimerSpec("counts_final", beam.TimeDomain.WATERMARK)
-    TTL = TimerSpec("counts_ttl", beam.TimeDomain.WATERMARK)
-
+class _CountsFn(lifetime_dofn(LAYOUT, "c", "meta", "counts_final", "counts_ttl")):
     def __init__(self, total_feature: str, category_feature: str, category_field: str,
                  ttl: IdleTtl, time_field: str, entity_type: str, clock: EventClock) -> None:
         self._clock = clock
         self._total_feature = total_feature
         self._category_feature = category_feature
-        self._category_field = category_field
+        self._value_field = category_field
+        self._acc = Accumulator("count_by")
         self._ttl = ttl
         self._time_field = time_field
         self._entity_type = entity_type
@@ -63,53 +57,8 @@ class _CountsFn(beam.DoFn):
         yield FeatureUpdate(self._entity_type, key, self._category_feature, dict(meta["c"]),
                             meta["max_ts"], final)
 
-    def process(self, kv: tuple[str, dict[str, Any]],
-                meta_state=beam.DoFn.StateParam(META),
-                final_timer=beam.DoFn.TimerParam(FINAL),
-                ttl_timer=beam.DoFn.TimerParam(TTL)) -> Iterator[FeatureUpdate]:
-        key, event = kv
-        ts = event[self._time_field]
-        meta = LAYOUT.read(meta_state) or LAYOUT.new(c={}, max_ts=ts, clock=None)
-        category = event[self._category_field]
-        meta["c"][category] = meta["c"].get(category, 0) + 1
-        if ts >= meta["max_ts"]:
-            meta["max_ts"] = ts
-            # One timer per key at the newest event: when the watermark passes it,
-            # every event up to as_of has been counted and the value is final.
-            self._clock.set_static(final_timer, ts + 1)
-            self._ttl.touch(ttl_timer, ts, self._clock)
-        clock = meta["clock"]
-        meta_state.write(meta)
-        # A count is correct for as_of = max_ts once the watermark passed max_ts.
-        final = clock is not None and meta["max_ts"] < clock
-        yield from self._updates(key, meta, final)
 
-    @on_timer(FINAL)
-    def _final(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
-               meta_state=beam.DoFn.StateParam(META)) -> Iterator[FeatureUpdate]:
-        meta = LAYOUT.read(meta_state)
-        if meta is None:
-            return
-        now = self._clock.tick(meta, fired)
-        meta_state.write(meta)
-        if meta["max_ts"] < now:
-            yield from self._updates(key, meta, final=True)
-
-    @on_timer(TTL)
-    def _expire(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
-                meta_state=beam.DoFn.StateParam(META)) -> Iterator[FeatureUpdate]:
-        meta = LAYOUT.read(meta_state)
-        if meta is None or not self._ttl.expired(meta["max_ts"], self._clock.now(fired)):
-            return
-        if meta["clock"] is None or meta["max_ts"] >= meta["clock"]:
-            # The FINAL timer may not have fired yet (timers of a bounded input
-            # fire in any order): publish the final value before forgetting it.
-            yield from self._updates(key, meta, final=True)
-        self._expired.inc()
-        meta_state.clear()
-
-
-class LifetimeCounts(beam.PTransform):
+class LifetimeCounts(FeaturePart):
     """A lifetime count and a count per category, per entity.
 
     Input: ``(entity_id, event)`` of the events to count (filter first).
@@ -134,11 +83,6 @@ class LifetimeCounts(beam.PTransform):
         self._fn = _CountsFn(total_feature, category_feature, category_field,
                              IdleTtl(ttl_ms), time_field, entity_type,
                              EventClock(watermark_delay_ms))
-
-    @property
-    def fn(self) -> beam.DoFn:
-        """The stateful DoFn, for hosting in ``transforms.fused.FusedFeatures``."""
-        return self._fn
 
     def expand(self, keyed: beam.PCollection) -> beam.PCollection:
         return keyed | "Count" >> beam.ParDo(self._fn).with_input_types(

@@ -45,6 +45,7 @@ _AVRO_TYPES = {"double": "float", "float": "float", "long": "int", "int": "int",
                "string": "string", "boolean": "int"}
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 EARLY_FIRINGS = ("every_element", "never")
+_SESSION_OPS = ("count", "span_s")
 # count_distinct keeps the distinct values themselves: exact up to this many per window.
 MAX_DISTINCT = 10_000
 
@@ -154,6 +155,7 @@ class Feature:
         early_firing: ``every_element`` (speculative values) or ``never``.
         hot_key_fanout: salt hot keys over this many sub-keys (0: off).
         entity_type: the entity kind in the Redis key (``user``).
+        time_field: the event field holding the event time (epoch ms).
     """
 
     name: str
@@ -167,6 +169,7 @@ class Feature:
     early_firing: str = "every_element"
     hot_key_fanout: int = 0
     entity_type: str = "user"
+    time_field: str = "eventTimestamp"
 
     def __post_init__(self) -> None:
         self._check()
@@ -206,6 +209,11 @@ class Feature:
             raise self._fail("count_distinct needs max_distinct > 0")
         if agg.op == "span_s" and not isinstance(self.window, Sessions):
             raise self._fail("span_s is defined for Sessions windows only")
+        if isinstance(self.window, Sessions) and agg.op not in _SESSION_OPS:
+            raise self._fail(f"{agg.op} over Sessions is not supported "
+                             f"(Sessions compute {' and '.join(_SESSION_OPS)})")
+        if self._field_type(self.time_field, "time_field") != "int":
+            raise self._fail(f"time_field {self.time_field!r} must be a long (epoch ms)")
         if self.where is not None:
             self._field_type(self.where.field, "where field")
         self._check_window()

@@ -43,6 +43,21 @@ _TIMERS = "_t"
 Part = tuple[str, DoFn, Callable[[dict[str, Any]], bool] | None]
 
 
+class FeaturePart(beam.PTransform):
+    """A feature transform around one stateful DoFn (``fn``), which ``FusedFeatures``
+    can host beside others and ``transforms.engine`` may replace (renamed timers)."""
+
+    _fn: DoFn
+
+    @property
+    def fn(self) -> DoFn:
+        return self._fn
+
+    @fn.setter
+    def fn(self, fn: DoFn) -> None:
+        self._fn = fn
+
+
 class _CellState:
     """A part's ReadModifyWriteState, kept in one entry of the shared cell."""
 

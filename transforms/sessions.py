@@ -21,6 +21,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 
+from transforms.fused import FeaturePart
 from transforms.late import LATE, EventClock, LateEvent, to_ms, too_late
 from transforms.model import USER, FeatureUpdate
 from transforms.state_layout import StateLayout
@@ -36,8 +37,8 @@ class _SessionFn(beam.DoFn):
     STATE = ReadModifyWriteStateSpec("sessions", FastPrimitivesCoder())
     FIRE = TimerSpec("session_fire", beam.TimeDomain.WATERMARK)
 
-    def __init__(self, names: tuple[str, str], gap_ms: int, lateness_ms: int, click_type: str,
-                 time_field: str, type_field: str, entity_type: str,
+    def __init__(self, names: tuple[str | None, str | None], gap_ms: int, lateness_ms: int,
+                 click_type: Any, time_field: str, type_field: str | None, entity_type: str,
                  clock: EventClock) -> None:
         self._clicks_name, self._duration_name = names
         self._clock = clock
@@ -52,10 +53,12 @@ class _SessionFn(beam.DoFn):
 
     def _updates(self, key: str, session: list[Any], final: bool) -> Iterator[FeatureUpdate]:
         as_of = session[_LAST]
-        yield FeatureUpdate(self._entity_type, key, self._clicks_name, session[_CLICKS],
-                            as_of, final)
-        yield FeatureUpdate(self._entity_type, key, self._duration_name,
-                            (session[_LAST] - session[_FIRST]) // 1000, as_of, final)
+        if self._clicks_name is not None:
+            yield FeatureUpdate(self._entity_type, key, self._clicks_name, session[_CLICKS],
+                                as_of, final)
+        if self._duration_name is not None:
+            yield FeatureUpdate(self._entity_type, key, self._duration_name,
+                                (session[_LAST] - session[_FIRST]) // 1000, as_of, final)
 
     def process(self, kv: tuple[str, dict[str, Any]],
                 state=beam.DoFn.StateParam(STATE),
@@ -72,7 +75,8 @@ class _SessionFn(beam.DoFn):
             self._late.inc()
             yield pvalue.TaggedOutput(LATE, LateEvent("session", event, clock))
             return
-        merged = [ts, ts, 1 if event[self._type_field] == self._click_type else 0, False]
+        counted = self._type_field is None or event.get(self._type_field) == self._click_type
+        merged = [ts, ts, 1 if counted else 0, False]
         kept = []
         absorbed_lasts = set()
         for s in st["s"]:
@@ -125,7 +129,7 @@ class _SessionFn(beam.DoFn):
         state.write(st)
 
 
-class SessionFeatures(beam.PTransform):
+class SessionFeatures(FeaturePart):
     """Clicks in the session and its duration (whole seconds), per entity.
 
     Input: ``(entity_id, event)``. Main output: ``FeatureUpdate``s with
@@ -134,18 +138,19 @@ class SessionFeatures(beam.PTransform):
     each late merge. Tagged ``late``: events too late even for the allowed lateness.
 
     Args:
-        clicks_feature: the name of the clicks feature.
-        duration_feature: the name of the duration feature.
+        clicks_feature: the name of the count feature (None: not published).
+        duration_feature: the name of the duration feature (None: not published).
         gap_ms: inactivity gap that ends a session (gaps must be strictly smaller).
         allowed_lateness_ms: how long a closed session still takes late events.
-        click_type: the ``eventType`` counted as a click.
+        click_type: the ``type_field`` value of the events counted.
+        type_field: the field ``click_type`` is compared with (None: count every event).
         watermark_delay_ms: bounded out-of-orderness (see ``late.EventClock``).
     """
 
-    def __init__(self, clicks_feature: str, duration_feature: str, gap_ms: int = 900_000,
-                 allowed_lateness_ms: int = 60_000,
-                 click_type: str = "click", time_field: str = "eventTimestamp",
-                 type_field: str = "eventType", entity_type: str = USER,
+    def __init__(self, clicks_feature: str | None, duration_feature: str | None,
+                 gap_ms: int = 900_000, allowed_lateness_ms: int = 60_000,
+                 click_type: Any = "click", time_field: str = "eventTimestamp",
+                 type_field: str | None = "eventType", entity_type: str = USER,
                  watermark_delay_ms: int = 0) -> None:
         super().__init__()
         if gap_ms <= 0 or allowed_lateness_ms < 0:
@@ -153,11 +158,6 @@ class SessionFeatures(beam.PTransform):
         self._fn = _SessionFn((clicks_feature, duration_feature), gap_ms,
                               allowed_lateness_ms, click_type, time_field,
                               type_field, entity_type, EventClock(watermark_delay_ms))
-
-    @property
-    def fn(self) -> beam.DoFn:
-        """The stateful DoFn, for hosting in ``transforms.fused.FusedFeatures``."""
-        return self._fn
 
     def expand(self, keyed: beam.PCollection) -> pvalue.DoOutputsTuple:
         return keyed | "Sessions" >> beam.ParDo(self._fn).with_input_types(

@@ -1,15 +1,17 @@
-"""A sliding event-time sum, kept current as event time passes, with bounded state.
+"""A sliding event-time aggregation, kept current as event time passes, with bounded state.
 
-``value(as_of) = sum of the field over events with ts in (as_of - window, as_of]``.
+``value(as_of) = aggregation of the field over events with ts in (as_of - window, as_of]``
+(a sum, count, min, max, last, count_by or count_distinct: ``transforms.aggregations``).
 
-State per key is a set of *tiles* (Chronon's word): exact partial sums of
-``tile_ms`` of event time each, so its size is bounded by
+State per key is a set of *tiles* (Chronon's word): exact partial aggregates of
+``tile_ms`` of event time each (for a sum, exact partial sums), so its size is bounded by
 ``(window + allowed lateness) / tile_ms`` whatever the event rate. Values are
 published at tile ends, ``as_of = k * tile_ms + tile_ms - 1``, where a window
 is exactly ``window / tile_ms`` whole tiles: the sum is exact for its
 ``as_of`` and never includes a later event. Published points are the tile end
 of every tile holding events (the value rises) and the tile end one window
-later (its events expire and the value falls, to 0 when the window empties).
+later (its events expire and the value falls, to the feature's cold-start
+default when the window empties).
 Each point is final when the watermark passes it; before that a speculative
 value is emitted on every event.
 
@@ -31,7 +33,8 @@ from apache_beam.coders import FastPrimitivesCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 
-from transforms import exact
+from transforms.aggregations import Accumulator
+from transforms.fused import FeaturePart
 from transforms.late import LATE, EventClock, LateEvent, too_late
 from transforms.model import USER, FeatureUpdate
 from transforms.state_layout import StateLayout
@@ -39,16 +42,20 @@ from transforms.state_layout import StateLayout
 LAYOUT = StateLayout("SlidingSum")  # version 1: see transforms/state_layout.py
 
 
-class _SlidingSumFn(beam.DoFn):
-    # {"t": {tile: partials}, "p": [pending points], "clock": int | None}
+class _SlidingFn(beam.DoFn):
+    # {"t": {tile: accumulator}, "p": [pending points], "clock": int | None}
     STATE = ReadModifyWriteStateSpec("tiles", FastPrimitivesCoder())
     FIRE = TimerSpec("sliding_fire", beam.TimeDomain.WATERMARK)
 
-    def __init__(self, feature: str, value_field: str, window_ms: int, tile_ms: int,
+    def __init__(self, feature: str, value_field: str | None, op: str,
+                 max_distinct: int | None, default: Any, window_ms: int, tile_ms: int,
                  lateness_ms: int, time_field: str, entity_type: str, clock: EventClock) -> None:
         self._clock = clock
         self._feature = feature
         self._value_field = value_field
+        self._acc = Accumulator(op, max_distinct, Metrics.counter(
+            "aggregate", f"{feature}_distinct_saturated").inc)
+        self._default = default
         self._window = window_ms
         self._tile = tile_ms
         self._tiles_per_window = window_ms // tile_ms
@@ -63,16 +70,17 @@ class _SlidingSumFn(beam.DoFn):
         """The as_of published for a tile: its last millisecond."""
         return tile * self._tile + self._tile - 1
 
-    def _window_tiles(self, tiles: dict[int, list[float]], last: int) -> Iterator[int]:
+    def _window_tiles(self, tiles: dict[int, Any], last: int) -> Iterator[int]:
         """The tiles present in the window ending with tile ``last``."""
         first = last - self._tiles_per_window + 1
         if len(tiles) < self._tiles_per_window:
             return (k for k in tiles if first <= k <= last)
         return (k for k in range(first, last + 1) if k in tiles)
 
-    def _value_at(self, tiles: dict[int, list[float]], point: int) -> float:
+    def _value_at(self, tiles: dict[int, Any], point: int) -> Any:
         last = (point + 1) // self._tile - 1
-        return exact.total(x for k in self._window_tiles(tiles, last) for x in tiles[k])
+        value = self._acc.value(tiles[k] for k in self._window_tiles(tiles, last))
+        return self._default if value is None else value
 
     @staticmethod
     def _evict(st: dict[str, Any], last: int) -> None:
@@ -93,7 +101,7 @@ class _SlidingSumFn(beam.DoFn):
             del tiles[k]
         st["lo"] = last + 1
 
-    def _update(self, key: str, tiles: dict[int, list[float]], point: int,
+    def _update(self, key: str, tiles: dict[int, Any], point: int,
                 final: bool) -> FeatureUpdate:
         return FeatureUpdate(self._entity_type, key, self._feature,
                              self._value_at(tiles, point), point, final)
@@ -103,6 +111,9 @@ class _SlidingSumFn(beam.DoFn):
                 fire=beam.DoFn.TimerParam(FIRE)) -> Iterator[Any]:
         key, event = kv
         ts = event[self._time_field]
+        value = event.get(self._value_field) if self._value_field else None
+        if value is None and self._acc.needs_value:
+            return
         st = LAYOUT.read(state) or {"t": {}, "p": [], "clock": None}
         clock = st["clock"]
         if clock is not None and too_late(ts, self._lateness, clock):
@@ -111,7 +122,8 @@ class _SlidingSumFn(beam.DoFn):
             return
         tiles = st["t"]
         tile = ts // self._tile
-        exact.add(tiles.setdefault(tile, []), event[self._value_field])
+        acc = tiles[tile] if tile in tiles else self._acc.create()
+        tiles[tile] = self._acc.add(acc, value, ts)
         n = self._tiles_per_window
         points = {self._point(tile), self._point(tile + n)}
         if clock is not None and self._point(tile) < clock:
@@ -159,8 +171,8 @@ class _SlidingSumFn(beam.DoFn):
             state.write({"t": {}, "p": [], "clock": clock, "lo": st["lo"]})
 
 
-class SlidingSum(beam.PTransform):
-    """Per-key sum of a field over the last ``window_ms`` of event time.
+class SlidingAggregate(FeaturePart):
+    """Per-key aggregation of a field over the last ``window_ms`` of event time.
 
     Input: ``(entity_id, event)``. Main output: ``FeatureUpdate`` (see the
     module docstring for the ``as_of`` points and finality). Tagged ``late``:
@@ -168,34 +180,50 @@ class SlidingSum(beam.PTransform):
 
     Args:
         feature: feature name of the output.
-        value_field: event field to sum.
+        value_field: event field aggregated (None for ``count``).
+        op: the aggregation (``transforms.aggregations.OPS``).
         window_ms: window length.
         tile_ms: tile length; divides ``window_ms``. Smaller tiles publish
             finer-grained ``as_of`` points and keep more state.
         allowed_lateness_ms: how far behind the watermark an event may be and
             still repair the values it belongs to.
         watermark_delay_ms: bounded out-of-orderness (see ``late.EventClock``).
+        max_distinct: ``count_distinct``: distinct values kept per tile.
+        default: the value of an empty window where the aggregation has none
+            (``min``, ``max``, ``last``).
     """
 
-    def __init__(self, feature: str, value_field: str, window_ms: int = 60_000,
-                 tile_ms: int = 1_000, allowed_lateness_ms: int = 60_000,
-                 time_field: str = "eventTimestamp", entity_type: str = USER,
-                 watermark_delay_ms: int = 0) -> None:
+    STEP = "Sliding"
+
+    def __init__(self, feature: str, value_field: str | None, op: str = "sum",
+                 window_ms: int = 60_000, tile_ms: int = 1_000,
+                 allowed_lateness_ms: int = 60_000, time_field: str = "eventTimestamp",
+                 entity_type: str = USER, watermark_delay_ms: int = 0,
+                 max_distinct: int | None = None, default: Any = None) -> None:
         super().__init__()
         if tile_ms <= 0 or window_ms <= 0 or window_ms % tile_ms:
             raise ValueError("tile_ms must be > 0 and divide window_ms")
         if allowed_lateness_ms < 0:
             raise ValueError("allowed_lateness_ms must be >= 0")
-        self._fn = _SlidingSumFn(feature, value_field, window_ms, tile_ms,
-                                 allowed_lateness_ms, time_field, entity_type,
-                                 EventClock(watermark_delay_ms))
-
-    @property
-    def fn(self) -> beam.DoFn:
-        """The stateful DoFn, for hosting in ``transforms.fused.FusedFeatures``."""
-        return self._fn
+        self._fn = _SlidingFn(feature, value_field, op, max_distinct, default, window_ms,
+                              tile_ms, allowed_lateness_ms, time_field, entity_type,
+                              EventClock(watermark_delay_ms))
 
     def expand(self, keyed: beam.PCollection) -> pvalue.DoOutputsTuple:
-        return keyed | "SlidingSum" >> beam.ParDo(self._fn).with_input_types(
+        return keyed | self.STEP >> beam.ParDo(self._fn).with_input_types(
             tuple[str, dict[str, Any]]).with_output_types(FeatureUpdate).with_outputs(
             LATE, main="updates")
+
+
+class SlidingSum(SlidingAggregate):
+    """Per-key sum of a field over the last ``window_ms`` of event time
+    (``SlidingAggregate`` with ``op="sum"``; its step keeps the name savepoints know)."""
+
+    STEP = "SlidingSum"
+
+    def __init__(self, feature: str, value_field: str, window_ms: int = 60_000,
+                 tile_ms: int = 1_000, allowed_lateness_ms: int = 60_000,
+                 time_field: str = "eventTimestamp", entity_type: str = USER,
+                 watermark_delay_ms: int = 0) -> None:
+        super().__init__(feature, value_field, "sum", window_ms, tile_ms, allowed_lateness_ms,
+                         time_field, entity_type, watermark_delay_ms, default=0.0)

@@ -50,6 +50,7 @@ class FlinkRun:
     events: list[dict[str, Any]]
     process: PipelineProcess
     tmp: Path
+    settle_ms: int  # the run stops once its watermark has reached this
 
     def send(self, svc: rs.LocalServices) -> None:
         producer = EventProducer(svc.ports.bootstrap_servers, self.topic,
@@ -84,7 +85,7 @@ def start_on_flink(svc: rs.LocalServices, pipeline: str, spec: StreamSpec, topic
         "--run_timeout_s=600", f"--redis_url=redis://127.0.0.1:{svc.ports.redis}/{redis_db}",
         f"--feature_log={tmp / f'{topic}.jsonl'}", f"--late_output={tmp / f'{topic}-late.jsonl'}",
         f"--stop_at_watermark_ms={settle_ms}", *extra], tmp, topic)
-    return FlinkRun(pipeline, topic, spec, events, process, tmp)
+    return FlinkRun(pipeline, topic, spec, events, process, tmp, settle_ms)
 
 
 def redis_client(svc: rs.LocalServices, db: int) -> Any:
@@ -133,7 +134,8 @@ def test_both_pipelines_at_once_on_one_cluster(svc, tmp_path):
         assert summary["flink.checkpoints_completed"] >= 1
         assert summary["kafka.records_committed"] == len(run.events)
         assert summary["late_events"] == []
-        want = (reference.user_features if p == "user" else reference.ride_features)(run.events)
+        want = (reference.user_features(run.events) if p == "user"
+                else reference.ride_features(run.events, watermark_ms=run.settle_ms))
         assert redis_features(redis_client(svc, dbs[p])) == want
     assert active_jobs(svc) == []
 
@@ -177,4 +179,5 @@ def test_ride_pipeline_with_parallelism_two(svc, tmp_path):
         run.process.kill()
     print(f"ride on Flink (parallelism 2): {summary}")
     assert summary["flink.checkpoints_completed"] >= 1
-    assert redis_features(redis_client(svc, 3)) == reference.ride_features(run.events)
+    assert redis_features(redis_client(svc, 3)) == reference.ride_features(
+        run.events, watermark_ms=run.settle_ms)

@@ -255,6 +255,9 @@ def iter_files(root: Path, pattern: str = "*") -> Iterator[Path]:
 
 
 def reference_for(pipeline: str) -> Callable[[list[dict[str, Any]]], dict[str, dict[str, Any]]]:
+    """What a run stopped once the watermark reached ``settle_ms(events)`` leaves behind."""
     from tests import reference
 
-    return reference.user_features if pipeline == "user" else reference.ride_features
+    if pipeline == "user":
+        return reference.user_features
+    return lambda events: reference.ride_features(events, watermark_ms=settle_ms(events))

@@ -132,4 +132,9 @@ def test_state_layout_change_restores_from_savepoint(svc, tmp_path, figures):
     figures.update(layout_versions="1 -> 2", savepoint_restores=1, upgrade_s=upgrade_s,
                    valid_records=len(events))
     assert summary["kafka.records_committed"] == len(events)
-    assert got == h.reference_for("ride")(events)
+    want = h.reference_for("ride")(events)
+    # A feature the old version did not compute starts with the events after the
+    # restore (a new feature needs a replay from offset 0 to cover the past).
+    added = {"distinct_cities_24h"}
+    assert ({u: {f: v for f, v in fs.items() if f not in added} for u, fs in got.items()}
+            == {u: {f: v for f, v in fs.items() if f not in added} for u, fs in want.items()})

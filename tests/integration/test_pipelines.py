@@ -19,7 +19,8 @@ from tests import reference
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = StreamSpec(events=1500, users=40, seed=11)
 TYPES = {"txn_total_5m": float, "amount_sum_60s": float, "clicks_in_session": int,
-         "session_duration_s": int, "lifetime_rides": int, "rides_per_city": json.loads}
+         "session_duration_s": int, "lifetime_rides": int, "rides_per_city": json.loads,
+         "last_purchase_value": float, "distinct_cities_24h": int}
 
 
 def run_pipeline(module: str, tmp_path: Path, events: Path, redis_url: str | None,

@@ -3,9 +3,10 @@
 from tests.helpers import event, finals, run_stream, stream_of
 from transforms.counters import LifetimeCounts
 from transforms.late import RouteLateEvents
+from transforms.lifetime import LifetimeAggregate
 from transforms.sessions import SessionFeatures
-from transforms.sliding import SlidingSum
-from transforms.tumbling import TumblingSum
+from transforms.sliding import SlidingAggregate, SlidingSum
+from transforms.tumbling import TumblingAggregate, TumblingSum
 
 MIN = 60_000
 NAMES = ("clicks_in_session", "session_duration_s")
@@ -119,3 +120,47 @@ class TestRouter:
         ), tags=("events", "late"))
         assert sorted(e["eventTimestamp"] for _, e in out["events"]) == [5_000, 9_500]
         assert [e.event["eventTimestamp"] for e in out["late"]] == [3_000]
+
+
+class TestDeclaredAggregates:
+    """The generic parts (any aggregation) as the engine builds them from declarations:
+    on time, late within the allowed lateness (repaired, final), too late (late output)."""
+
+    def test_tumbling_max_repairs_then_routes_too_late(self):
+        out = run_stream(TumblingAggregate("m", "eventValue", "max"), stream_of(
+            buy(10_000, 1.0), buy(20_000, 2.0),
+            MIN5 + 1,                     # on-time pane: max 2.0
+            buy(30_000, 4.0),             # late within 60 s: repaired to 4.0
+            MIN5 + MIN + 1,
+            buy(40_000, 8.0),             # too late
+        ))
+        assert [(u.value, u.as_of_ms) for u in finals(out["updates"])] == [
+            (2.0, MIN5), (4.0, MIN5)]
+        assert [e.event["eventValue"] for e in out["late"]] == [8.0]
+
+    def test_sliding_count_distinct_repairs_expires_and_routes_too_late(self):
+        def ride(ts, city):
+            return event("u", ts, cityId=city)
+
+        out = run_stream(SlidingAggregate("d", "cityId", "count_distinct", window_ms=MIN,
+                                          tile_ms=10_000, allowed_lateness_ms=10_000,
+                                          max_distinct=100, default=0), stream_of(
+            ride(1_000, "ams"), ride(2_000, "ams"),
+            15_000,                       # point 9 999 final: 1 city
+            ride(5_000, "lis"),           # late within 10 s: 9 999 repaired to 2
+            80_000,                       # expiry point 69 999 fired: 0
+            ride(6_000, "rom"),           # too late
+        ))
+        got = [(u.as_of_ms, u.value) for u in finals(out["updates"])]
+        assert got == [(9_999, 1), (9_999, 2), (69_999, 0)]
+        assert [e.event["cityId"] for e in out["late"]] == ["rom"]
+
+    def test_lifetime_last_is_never_too_late(self):
+        out = run_stream(LifetimeAggregate("l", "eventValue", "last", default=0.0), stream_of(
+            buy(10_000, 1.0), buy(20_000, 2.0),
+            MIN5,                         # final at the newest purchase: 2.0
+            buy(15_000, 9.0),             # older: repairs nothing, value stays 2.0
+            buy(25_000, 3.0),             # newer than the newest, behind the watermark
+        ), tags=("updates",))
+        assert [(u.value, u.as_of_ms) for u in finals(out["updates"])] == [
+            (2.0, 20_000), (2.0, 20_000), (3.0, 25_000)]

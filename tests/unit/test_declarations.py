@@ -107,6 +107,8 @@ def test_the_catalogue_cli_lists_every_feature_of_both_pipelines():
         "lifetime_rides": ("ride", "count", "lifetime", None, None, "int", 0),
         "rides_per_city": ("ride", "count_by", "lifetime", None, None, "map", {}),
         "amount_sum_60s": ("ride", "sum", "sliding", 60, 60, "float", 0.0),
+        "last_purchase_value": ("user", "last", "lifetime", None, None, "float", 0.0),
+        "distinct_cities_24h": ("ride", "count_distinct", "sliding", 86400, 60, "int", 0),
     }
     assert sorted(rows) == sorted(want)
     for name, (pipeline, op, kind, size, lateness, value_type, default) in want.items():
@@ -118,12 +120,16 @@ def test_the_catalogue_cli_lists_every_feature_of_both_pipelines():
     assert rows["txn_total_5m"]["where"] == "eventType == 'purchase'"
     assert rows["rides_per_city"]["aggregation"]["field"] == "cityId"
     assert rows["amount_sum_60s"]["window"]["tile_s"] == 1
+    assert rows["last_purchase_value"]["where"] == "eventType == 'purchase'"
+    assert rows["distinct_cities_24h"]["aggregation"] == {
+        "op": "count_distinct", "field": "cityId", "max_distinct": 10_000}
 
 
 def test_serving_defaults_and_names_come_from_the_catalogue():
     assert COLD_START_DEFAULTS == {"txn_total_5m": 0.0, "clicks_in_session": 0,
                                    "session_duration_s": 0, "lifetime_rides": 0,
-                                   "rides_per_city": {}, "amount_sum_60s": 0.0}
+                                   "rides_per_city": {}, "amount_sum_60s": 0.0,
+                                   "last_purchase_value": 0.0, "distinct_cities_24h": 0}
     with pytest.raises(ValueError, match="unknown features: \\['txn_total_1h'\\]"):
         FeatureClient(redis_client=None, features=["txn_total_1h"])
     assert FeatureClient(redis_client=None).key("u1") == "features:user:u1"

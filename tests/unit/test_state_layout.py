@@ -44,7 +44,7 @@ def _counts_fn() -> counters._CountsFn:
 
 def _count(fn: counters._CountsFn, cell: Cell, city: str, ts: int) -> dict[str, Any]:
     event = {"city": city, "eventTimestamp": ts}
-    out = list(fn.process(("u1", event), meta_state=cell, final_timer=Timer(),
+    out = list(fn.process(("u1", event), state=cell, final_timer=Timer(),
                           ttl_timer=Timer()))
     return {u.feature: u.value for u in out}
 

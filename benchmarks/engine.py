@@ -1,4 +1,5 @@
-"""Section 6: a keyed stage per feature group vs one fused stage per entity, on Flink.
+"""Section 6: a keyed stage per feature group vs one fused stage per entity, on Flink,
+then bigger bundles and the Python workers' state cache, one choice at a time.
 
 Catch-up throughput of each pipeline with ``--engine=stages`` (the user
 pipeline runs ``TxnTotal5m`` and ``Sessions`` as two keyed Python stages, the
@@ -9,7 +10,11 @@ cluster: the
 product's FlinkRunner preset (RocksDB, the ``low_latency`` 50-ms bundles),
 parallelism 1, checkpoints every 10 s, LOOPBACK workers; and the fused
 stage again with the ``catch_up`` bundle preset (bundles of up to 1 s or
-50,000 elements, ``--bundle_preset=catch_up``). Each job reads a topic filled
+50,000 elements, ``--bundle_preset=catch_up``), and then with the SDK's state
+cache on (256 MB, ``--max_cache_memory_usage_mb``), first weighing values with
+Beam's own sizer (objsize, a full walk of each value), then with
+``runners.state_cache.estimate_size`` (the product's default). Until the
+cache variants, the cache is off. Each job reads a topic filled
 beforehand (2 partitions; events of 1,000 users, Zipf skew 1.1, event times
 ending now, up to 2 s out of order, nothing late), so it starts with the
 whole backlog waiting. Throughput: records into the keyed step (``Sessions``
@@ -37,9 +42,14 @@ from runners.pipeline_process import PipelineProcess
 NAME = "engine"
 TITLE = "Engine: keyed stage per feature group vs one fused stage, catch-up on Flink"
 CHECKPOINT_INTERVAL_MS = 10_000
-# variant -> (engine, bundle preset)
-VARIANTS = {"stages": ("stages", "low_latency"), "fused": ("fused", "low_latency"),
-            "fused, catch_up bundles": ("fused", "catch_up")}
+# variant -> (engine, bundle preset, state cache MB, cache sizer); each adds one choice
+VARIANTS = {
+    "stages": ("stages", "low_latency", 0, "objsize"),
+    "fused": ("fused", "low_latency", 0, "objsize"),
+    "fused, catch_up bundles": ("fused", "catch_up", 0, "objsize"),
+    "fused, catch_up, state cache (objsize)": ("fused", "catch_up", 256, "objsize"),
+    "fused, catch_up, state cache (estimate)": ("fused", "catch_up", 256, "estimate"),
+}
 KEYED_STEP = {("user", "stages"): "Sessions", ("user", "fused"): "UserFeatures",
               ("ride", "stages"): "AmountSum60s", ("ride", "fused"): "RideFeatures"}
 # Each variant once forwards and once backwards, so that a drift of the machine
@@ -61,8 +71,9 @@ def _fill(svc: Any, pipeline: str, topic: str, events: int) -> None:
 
 def _catch_up(svc: Any, pipeline: str, variant: str, topic: str, events: int,
               workdir: Path) -> dict[str, Any]:
-    engine, bundles = VARIANTS[variant]
+    engine, bundles, cache_mb, sizer = VARIANTS[variant]
     flags = [*service_args(svc, 1, CHECKPOINT_INTERVAL_MS, bundles), f"--topic={topic}",
+             f"--max_cache_memory_usage_mb={cache_mb}", f"--state_cache_sizer={sizer}",
              f"--consumer_group=engine-{topic}-{time.monotonic_ns()}",
              f"--redis_url=redis://127.0.0.1:{svc.ports.redis}/0",
              f"--max_records={events}", f"--engine={engine}", "--run_timeout_s=900"]

@@ -18,6 +18,7 @@ from apache_beam.options.pipeline_options import (
 )
 
 from pipelines.options import FeatureOptions
+from runners import state_cache
 from runners.direct import apply_direct_preset
 from runners.flink import (
     ACTIVE_STATES,
@@ -150,6 +151,8 @@ def _run_on_flink(pipeline: beam.Pipeline, options: PipelineOptions,
                   feature_options: FeatureOptions, schema: EventSchema) -> dict[str, Any]:
     """Submits, follows and in the end cancels this process's own Flink job."""
     rest_port = rest_port_of(options.view_as(FlinkRunnerOptions).flink_master)
+    if options.view_as(LaunchOptions).state_cache_sizer == "estimate":
+        state_cache.install()  # LOOPBACK: the job's Python workers run in this process
     job_name = options.view_as(GoogleCloudOptions).job_name
     job = LaunchedJob(rest_port, options.view_as(LaunchOptions).launch_id, job_name)
     with job:

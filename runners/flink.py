@@ -72,6 +72,9 @@ class FlinkPreset:
     # BENCHMARKS.md section 3, the 200 ms vs 50 ms rows).
     max_bundle_time_ms: int | None = 50
     max_bundle_size: int | None = None  # elements; Beam's Flink default is 1,000
+    # The Python workers keep state between bundles (runners/state_cache.py): a key's
+    # state is read from Flink once, not once per bundle. 0 turns the cache off.
+    state_cache_mb: int = 256
 
     @classmethod
     def local(
@@ -132,6 +135,7 @@ class FlinkPreset:
             args.append(f"--max_bundle_time_mills={self.max_bundle_time_ms}")
         if self.max_bundle_size:
             args.append(f"--max_bundle_size={self.max_bundle_size}")
+        args.append(f"--max_cache_memory_usage_mb={self.state_cache_mb}")
         if self.savepoint_path:
             args.append(f"--savepoint_path={self.savepoint_path}")
             if self.allow_non_restored_state:
@@ -229,6 +233,10 @@ class LaunchOptions(PipelineOptions):
                             choices=tuple(BUNDLE_PRESETS),
                             help="low_latency: 50-ms bundles, for live streams; catch_up: "
                                  "bundles of up to 1 s / 50,000 elements, for backlogs")
+        parser.add_argument("--state_cache_sizer", default="estimate",
+                            choices=("estimate", "objsize"),
+                            help="how the Python workers' state cache weighs values: a "
+                                 "constant-cost estimate, or Beam's full walk (objsize)")
 
 
 def new_launch_id() -> str:

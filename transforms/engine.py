@@ -155,6 +155,15 @@ class FeatureEngine:
             raise ValueError(f"engine {settings.engine!r} is not one of {', '.join(ENGINES)}")
         if not features:
             raise DeclarationError(f"pipeline {pipeline!r} declares no features")
+        salted = [f.name for f in features if f.hot_key_fanout]
+        if salted:
+            # A salted key spreads one entity's events over sub-keys; a keyed stateful
+            # stage then holds partial state per sub-key, and publishing a feature
+            # would need a second keyed stage merging them by the hot key again.
+            raise DeclarationError(
+                f"features {salted}: hot_key_fanout applies to combines on the runner's "
+                f"GroupByKey (transforms.hot_keys.SaltedCombinePerKey); the stateful "
+                f"engine keeps one state per entity and cannot salt it")
         self._settings = settings
         self._pipeline = pipeline
         self._by_entity: dict[str, list[_Group]] = {}

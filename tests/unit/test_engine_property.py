@@ -14,6 +14,7 @@ from collections import Counter
 from typing import Any
 
 import apache_beam as beam
+import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 from hypothesis import HealthCheck, given, settings
@@ -23,6 +24,7 @@ import schemas
 from tests.helpers import _capture_into, _timestamped, batch_options
 from transforms.declarations import (
     Aggregation,
+    DeclarationError,
     Feature,
     FixedWindows,
     GlobalWindows,
@@ -201,3 +203,10 @@ def test_stages_of_one_kind_keep_their_timers_apart():
     finals = sorted((u.feature, u.as_of_ms, u.value) for u in run_engine(features, [event],
                                                                           "stages") if u.final)
     assert finals == [("f0", 60_000, 1), ("f1", 60_000, 1)]
+
+
+def test_hot_key_salting_is_refused_by_the_stateful_engine():
+    salted = Feature("f", entity="userId", source=schemas.RIDE_EVENT, aggregation=Aggregation(
+        "count"), window=FixedWindows(60), hot_key_fanout=8)
+    with pytest.raises(DeclarationError, match=r"features \['f'\]: hot_key_fanout"):
+        FeatureEngine([salted], EngineSettings(), "test")

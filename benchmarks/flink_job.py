@@ -32,7 +32,12 @@ from runners.flink import _rest, checkpoint_config, service_args
 from runners.pipeline_process import PipelineProcess
 from runners.services import LocalServices, ServicePorts
 
-FLINK_CONFIG = {"metrics.fetcher.update-interval": 1000}
+# Every job loads Beam's jars into a fresh class loader that the TaskManager does
+# not fully release: section 6 submits 20 jobs to one cluster, and at Flink's
+# default metaspace (256 MB) the TaskManager died of "OutOfMemoryError:
+# Metaspace" at the 15th.
+FLINK_CONFIG = {"metrics.fetcher.update-interval": 1000,
+                "taskmanager.memory.jvm-metaspace.size": "1g"}
 CHECKPOINT_INTERVAL_MS = 10_000
 # make run's bundle time: a bundle's writes reach Redis when it finishes.
 BUNDLE_MS = 200

@@ -52,7 +52,7 @@ PIPELINES: dict[str, tuple[Feature, ...]] = {
         Feature("amount_sum_60s", **RIDE, aggregation=sum_of("amount"),
                 window=Sliding(size_s=60, tile_s=1)),
         Feature("distinct_cities_24h", **RIDE, aggregation=count_distinct("cityId"),
-                window=Sliding(size_s=24 * 3600, tile_s=15 * 60)),
+                window=Sliding(size_s=24 * 3600, tile_s=60)),
     ),
 }
 

@@ -15,7 +15,7 @@ FIVE_MIN = 300_000
 GAP = 900_000
 SIXTY_S = 60_000
 DAY = 86_400_000
-QUARTER_HOUR = 900_000
+MINUTE = 60_000
 
 
 def user_features(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -58,11 +58,11 @@ def amount_sum_60s(events: list[dict[str, Any]], user: str, as_of: int) -> float
 def distinct_cities_24h(events: list[dict[str, Any]], watermark_ms: int | None) -> int:
     """One user's distinct cities at the newest point the feature has published.
 
-    Points: the end of each 15-min tile holding events, and 24 h later (when the
+    Points: the end of each 1-min tile holding events, and 24 h later (when the
     tile's events expire) once the watermark has passed that.
     """
-    tiles = {e["eventTimestamp"] // QUARTER_HOUR for e in events}
-    points = {k * QUARTER_HOUR + QUARTER_HOUR - 1 for k in tiles}
+    tiles = {e["eventTimestamp"] // MINUTE for e in events}
+    points = {k * MINUTE + MINUTE - 1 for k in tiles}
     points |= {p + DAY for p in points if watermark_ms is None or p + DAY < watermark_ms}
     newest = max(points)
     return len({e["cityId"] for e in events if newest - DAY < e["eventTimestamp"] <= newest})

@@ -1,4 +1,4 @@
-"""Runs the benchmarks of issue 5 and regenerates BENCHMARKS.md.
+"""Runs the benchmark sections and regenerates BENCHMARKS.md.
 
     python -m benchmarks.run                     # every available section, full sizes
     python -m benchmarks.run --quick             # small sizes (make bench-quick)

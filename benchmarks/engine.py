@@ -1,28 +1,31 @@
-"""Section 6: a keyed stage per feature group vs one fused stage per entity, on Flink,
-then bigger bundles and the Python workers' state cache, one choice at a time.
+"""Section 6: engines, bundles and the state cache on Flink, one choice at a time.
 
 Catch-up throughput of each pipeline with ``--engine=stages`` (the user
 pipeline runs ``TxnTotal5m`` and ``Sessions`` as two keyed Python stages, the
 ride pipeline ``RideCounts`` and ``AmountSum60s``) and ``--engine=fused``
 (``transforms.fused.FusedFeatures``: one keyed stage, one state cell and one
-timer family per key; the default since this comparison), in one run on one
-cluster: the
-product's FlinkRunner preset (RocksDB, the ``low_latency`` 50-ms bundles),
-parallelism 1, checkpoints every 10 s, LOOPBACK workers; and the fused
-stage again with the ``catch_up`` bundle preset (bundles of up to 1 s or
-50,000 elements, ``--bundle_preset=catch_up``), and then with the SDK's state
-cache on (256 MB, ``--max_cache_memory_usage_mb``), first weighing values with
-Beam's own sizer (objsize, a full walk of each value), then with
-``runners.state_cache.estimate_size`` (the product's default). Until the
-cache variants, the cache is off. Each job reads a topic filled
-beforehand (2 partitions; events of 1,000 users, Zipf skew 1.1, event times
-ending now, up to 2 s out of order, nothing late), so it starts with the
-whole backlog waiting. Throughput: records into the keyed step (``Sessions``
-/ ``AmountSum60s`` / the fused step, from Flink's REST metrics, sampled every
-second), as the least-squares slope from the sample where 5% of the backlog
-had gone in to the one where 95% had. Each variant runs twice per pipeline,
-in the order given and then reversed, so that a drift of the machine during
-the run weighs on all alike.
+timer family per key; the default), in one run on one cluster: the product's
+FlinkRunner preset (RocksDB, the ``low_latency`` 50-ms bundles), parallelism
+1, checkpoints every 10 s, LOOPBACK workers; the fused stage again with the
+``catch_up`` bundle preset (bundles of up to 1 s or 50,000 elements), then
+with the SDK's state cache on (256 MB, ``--max_cache_memory_usage_mb``),
+first weighing values with Beam's own sizer (objsize, a full walk of each
+value), then with ``runners.state_cache.estimate_size`` (the product's
+default); the last of these again with 100,000 users instead of 1,000; and
+``benchmarks.keyed_floor``, the same job with one keyed counter in place of
+the features: the floor any keyed Python stage pays on this cluster. Until
+the cache variants, the cache is off.
+
+Each job reads a topic filled beforehand (2 partitions; Zipf skew 1.1, event
+times ending now, up to 2 s out of order, nothing late), so it starts with
+the whole backlog waiting. Throughput: records into the keyed step
+(``Sessions`` / ``AmountSum60s`` / the fused step, from Flink's REST metrics,
+sampled every second), as the least-squares slope over a steady stretch: from
+20 s after the step had taken 5% of the backlog (a new job's classes are
+still being compiled by the JIT before that) for 60 s, or until 95% of the
+backlog. A backlog of a few seconds' work is read in a few bundle-sized steps
+and its slope says little: the backlog here is 400,000 events. Each variant
+runs once per pipeline, in the order given.
 """
 
 from __future__ import annotations
@@ -42,24 +45,32 @@ from runners.pipeline_process import PipelineProcess
 NAME = "engine"
 TITLE = "Engine: keyed stage per feature group vs one fused stage, catch-up on Flink"
 CHECKPOINT_INTERVAL_MS = 10_000
-# variant -> (engine, bundle preset, state cache MB, cache sizer); each adds one choice
+# variant -> (engine, bundle preset, state cache MB, cache sizer, distinct users);
+# each adds one choice to the one before it. Engine "floor" is
+# benchmarks.keyed_floor: one keyed stage holding a counter, no features.
 VARIANTS = {
-    "stages": ("stages", "low_latency", 0, "objsize"),
-    "fused": ("fused", "low_latency", 0, "objsize"),
-    "fused, catch_up bundles": ("fused", "catch_up", 0, "objsize"),
-    "fused, catch_up, state cache (objsize)": ("fused", "catch_up", 256, "objsize"),
-    "fused, catch_up, state cache (estimate)": ("fused", "catch_up", 256, "estimate"),
+    "stages": ("stages", "low_latency", 0, "objsize", 1_000),
+    "fused": ("fused", "low_latency", 0, "objsize", 1_000),
+    "fused, catch_up bundles": ("fused", "catch_up", 0, "objsize", 1_000),
+    "fused, catch_up, state cache (objsize)": ("fused", "catch_up", 256, "objsize", 1_000),
+    "fused, catch_up, state cache (estimate)": ("fused", "catch_up", 256, "estimate", 1_000),
+    "the same, 100,000 users": ("fused", "catch_up", 256, "estimate", 100_000),
+    "keyed floor: a counter, catch_up, state cache": ("floor", "catch_up", 256, "estimate",
+                                                      1_000),
 }
 KEYED_STEP = {("user", "stages"): "Sessions", ("user", "fused"): "UserFeatures",
-              ("ride", "stages"): "AmountSum60s", ("ride", "fused"): "RideFeatures"}
-# Each variant once forwards and once backwards, so that a drift of the machine
-# during the run weighs on all of them alike.
-ORDER = (*VARIANTS, *reversed(VARIANTS))
+              ("ride", "stages"): "AmountSum60s", ("ride", "fused"): "RideFeatures",
+              ("user", "floor"): "UserFeatures", ("ride", "floor"): "RideFeatures"}
+ORDER = tuple(VARIANTS)
+# Seconds after the keyed step took 5% of the backlog before the rate counts
+# (a new job's classes are compiled by the JIT meanwhile), then seconds measured.
+WARM_UP_S = {"full": 20, "quick": 5}
+MEASURE_S = {"full": 60, "quick": 20}
 
 
-def _fill(svc: Any, pipeline: str, topic: str, events: int) -> None:
+def _fill(svc: Any, pipeline: str, topic: str, events: int, users: int) -> None:
     svc.create_topic(topic, partitions=2)
-    spec = StreamSpec(events=events, users=1_000, rate_per_s=2_000, skew=1.1,
+    spec = StreamSpec(events=events, users=users, rate_per_s=2_000, skew=1.1,
                       disorder_ms=2_000, late_fraction=0.0, seed=17)
     # Event times end now: the backlog is recent, as after a restart.
     start = int(time.time() * 1000) - events * 1000 // spec.rate_per_s
@@ -70,50 +81,70 @@ def _fill(svc: Any, pipeline: str, topic: str, events: int) -> None:
 
 
 def _catch_up(svc: Any, pipeline: str, variant: str, topic: str, events: int,
-              workdir: Path) -> dict[str, Any]:
-    engine, bundles, cache_mb, sizer = VARIANTS[variant]
+              workdir: Path, mode: str) -> dict[str, Any]:
+    engine, bundles, cache_mb, sizer, users = VARIANTS[variant]
     flags = [*service_args(svc, 1, CHECKPOINT_INTERVAL_MS, bundles), f"--topic={topic}",
              f"--max_cache_memory_usage_mb={cache_mb}", f"--state_cache_sizer={sizer}",
              f"--consumer_group=engine-{topic}-{time.monotonic_ns()}",
              f"--redis_url=redis://127.0.0.1:{svc.ports.redis}/0",
-             f"--max_records={events}", f"--engine={engine}", "--run_timeout_s=900"]
+             f"--max_records={events}", "--run_timeout_s=900"]
+    if engine == "floor":
+        flags.append(f"--pipeline={pipeline}")
+    else:
+        flags.append(f"--engine={engine}")
     process = PipelineProcess(svc.ports.flink_rest, pipeline, flags, workdir,
-                              f"{topic}-{engine}-{bundles}")
+                              f"{topic}-{engine}-{bundles}-{cache_mb}",
+                              module="benchmarks.keyed_floor" if engine == "floor" else None)
     try:
         jid = process.wait_running(300)
         sampler = JobSampler(svc.ports.flink_rest, jid, KEYED_STEP[(pipeline, engine)],
                              poll_s=1.0).start()
         deadline = time.monotonic() + 900
-        while (sampler.records_at(time.time()) or 0) < 0.95 * events:
+        t0 = None
+        while True:
+            now = time.time()
+            n = sampler.records_at(now) or 0
+            if t0 is None and n >= 0.05 * events:
+                t0 = now + WARM_UP_S[mode]
+            if n >= 0.95 * events or (t0 is not None and now >= t0 + MEASURE_S[mode]):
+                break
             if time.monotonic() > deadline or process.proc.poll() is not None:
                 raise RuntimeError(f"{pipeline}/{variant}: backlog not read in time "
-                                   f"({sampler.records_at(time.time())}/{events})")
+                                   f"({n}/{events})")
             time.sleep(1)
         sampler.stop()
-        t5 = next(at for at, n in sampler.records if n >= 0.05 * events)
-        t95 = next(at for at, n in sampler.records if n >= 0.95 * events)
-        rate = sampler.rate(t5, t95)
+        t1 = sampler.records[-1][0]
+        rate = sampler.rate(t0, t1) if t0 is not None and t1 > t0 else None
+        taken = (sampler.records_at(t1) or 0) - (sampler.records_at(t0) or 0) if rate else 0
     finally:
         process.kill()
     return {"pipeline": pipeline, "variant": variant, "engine": engine, "bundles": bundles,
-            "events": events, "events_per_s": None if rate is None else round(rate),
-            "seconds_5_to_95": round(t95 - t5, 1)}
+            "users": users, "events": events,
+            "events_per_s": None if rate is None else round(rate),
+            "seconds_measured": round(t1 - t0, 1) if rate else None,
+            "events_measured": taken}
 
 
 def run(mode: str) -> dict[str, Any]:
-    events = 20_000 if mode == "quick" else 60_000
+    events = 60_000 if mode == "quick" else 400_000
     runs: list[dict[str, Any]] = []
     with flink_services() as svc, tempfile.TemporaryDirectory() as tmp:
         for pipeline in ("user", "ride"):
-            topic = f"engine-{pipeline}"
-            _fill(svc, pipeline, topic, events)
+            topics: dict[int, str] = {}
             for variant in ORDER:
-                result = _catch_up(svc, pipeline, variant, topic, events, Path(tmp))
+                users = VARIANTS[variant][4]
+                if users not in topics:
+                    topics[users] = f"engine-{pipeline}-{users}"
+                    _fill(svc, pipeline, topics[users], events, users)
+                result = _catch_up(svc, pipeline, variant, topics[users], events, Path(tmp),
+                                   mode)
                 print(f"  {pipeline} {variant}: {result['events_per_s']} events/s "
-                      f"({result['seconds_5_to_95']} s for 90% of {events})", flush=True)
+                      f"({result['events_measured']} events in {result['seconds_measured']} s)",
+                      flush=True)
                 runs.append(result)
     return {"params": {"events": events, "parallelism": 1,
                        "checkpoint_interval_ms": CHECKPOINT_INTERVAL_MS, "order": ORDER,
+                       "warm_up_s": WARM_UP_S[mode], "measure_s": MEASURE_S[mode],
                        "variants": {v: list(p) for v, p in VARIANTS.items()}},
             "runs": runs, "summary": summary(runs)}
 

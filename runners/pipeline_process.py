@@ -35,10 +35,12 @@ class PipelineProcess:
         workdir: where ``<name>.stdout`` and ``<name>.stderr`` go.
         name: a label for the output files.
         root: the source tree to run (another version of it: ``git archive``).
+        module: the module run, ``pipelines.<pipeline>_features`` unless given
+            (it takes the same flags).
     """
 
     def __init__(self, rest_port: int, pipeline: str, args: list[str], workdir: Path,
-                 name: str, root: Path = ROOT) -> None:
+                 name: str, root: Path = ROOT, module: str | None = None) -> None:
         self.rest_port = rest_port
         self.stdout = workdir / f"{name}.stdout"
         self.stderr = workdir / f"{name}.stderr"
@@ -52,7 +54,7 @@ class PipelineProcess:
             job_name = f"{name}-{self.launch_id[:12]}"
             self.job = LaunchedJob(rest_port, None, job_name)
             args = [*args, f"--job_name={job_name}"]
-        cmd = [sys.executable, "-m", f"pipelines.{pipeline}_features", *args]
+        cmd = [sys.executable, "-m", module or f"pipelines.{pipeline}_features", *args]
         # The job's state when the process ended by itself, before kill() cleans up.
         self.state_at_exit: str | None = None
         with open(self.stdout, "w") as out, open(self.stderr, "w") as err:

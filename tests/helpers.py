@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import apache_beam as beam
+from apache_beam.coders import FastPrimitivesCoder
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.test_stream import TestStream
@@ -100,3 +101,21 @@ def stream_of(*steps: Any) -> TestStream:
 
 def finals(updates: list[Any], feature: str | None = None) -> list[Any]:
     return [u for u in updates if u.final and (feature is None or u.feature == feature)]
+
+
+class Cell:
+    """A ReadModifyWriteState cell that stores bytes, as a checkpoint does."""
+
+    coder = FastPrimitivesCoder()
+
+    def __init__(self, value: Any = None) -> None:
+        self.raw = None if value is None else self.coder.encode(value)
+
+    def read(self) -> Any:
+        return None if self.raw is None else self.coder.decode(self.raw)
+
+    def write(self, value: Any) -> None:
+        self.raw = self.coder.encode(value)
+
+    def clear(self) -> None:
+        self.raw = None

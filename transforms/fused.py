@@ -79,10 +79,9 @@ class _CellTimer:
     """A part's timer: a dynamic one keeps every time set (one per tag), a static
     one only its latest; the shared timer family fires them."""
 
-    def __init__(self, cell: dict[str, Any], name: str, wanted: set[int]) -> None:
+    def __init__(self, cell: dict[str, Any], name: str) -> None:
         self._cell = cell
         self._name = name
-        self._wanted = wanted
 
     def set(self, ts: Timestamp, dynamic_timer_tag: str = "") -> None:
         micros = Timestamp.of(ts).micros
@@ -93,10 +92,18 @@ class _CellTimer:
                 times.append(micros)
         else:
             timers[self._name] = [micros]
-        self._wanted.add(micros)
 
     def clear(self, dynamic_timer_tag: str = "") -> None:
-        raise NotImplementedError("parts of FusedFeatures do not clear timers")
+        timers = self._cell.get(_TIMERS, {})
+        if not dynamic_timer_tag:
+            timers.pop(self._name, None)
+            return
+        times = timers.get(self._name)
+        micros = int(dynamic_timer_tag) * 1000  # the parts' tags are their times in ms
+        if times and micros in times:
+            times.remove(micros)
+            if not times:
+                del timers[self._name]
 
 
 # What a hosted method's parameter receives: (name, kind, state or timer name).
@@ -139,14 +146,14 @@ class _Part:
         self.process_params = _params(label, fn.process)
 
     @staticmethod
-    def kwargs(params: list[_Param], cell: dict[str, Any], wanted: set[int],
-               key: str | None = None, fired: Timestamp | None = None) -> dict[str, Any]:
+    def kwargs(params: list[_Param], cell: dict[str, Any], key: str | None = None,
+               fired: Timestamp | None = None) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for name, kind, cell_name in params:
             if kind == "state":
                 out[name] = _CellState(cell, cell_name)
             elif kind == "timer":
-                out[name] = _CellTimer(cell, cell_name, wanted)
+                out[name] = _CellTimer(cell, cell_name)
             else:
                 out[name] = key if kind == "key" else fired
         return out
@@ -162,20 +169,31 @@ class _FusedFn(beam.DoFn):
             raise ValueError(f"part labels must be distinct and have no '/': {labels}")
         self._parts = [_Part(*p) for p in parts]
 
-    def _set_timers(self, fire: Any, wanted: set[int]) -> None:
-        for micros in wanted:
+    @staticmethod
+    def _armed(cell: dict[str, Any]) -> set[int]:
+        """The times the parts wait for: exactly these are set on the runner."""
+        return {m for times in cell.get(_TIMERS, {}).values() for m in times}
+
+    @staticmethod
+    def _sync_timers(fire: Any, before: set[int], after: set[int]) -> None:
+        """Sets the times newly waited for and clears those no part waits for any
+        more (a static timer set anew, a timer a part cleared): a time nobody
+        needs never fires, and each time is one runner timer however many ask."""
+        for micros in after - before:
             fire.set(Timestamp(micros=micros), dynamic_timer_tag=str(micros))
+        for micros in before - after:
+            fire.clear(dynamic_timer_tag=str(micros))
 
     def process(self, kv: tuple[str, dict[str, Any]],
                 cell_state=beam.DoFn.StateParam(CELL),
                 fire=beam.DoFn.TimerParam(FIRE)) -> Iterator[Any]:
         event = kv[1]
         cell = LAYOUT.read(cell_state) or LAYOUT.new()
-        wanted: set[int] = set()
+        before = self._armed(cell)
         for part in self._parts:
             if part.where is None or part.where(event):
-                yield from part.fn.process(kv, **part.kwargs(part.process_params, cell, wanted))
-        self._set_timers(fire, wanted)
+                yield from part.fn.process(kv, **part.kwargs(part.process_params, cell))
+        self._sync_timers(fire, before, self._armed(cell))
         cell_state.write(cell)
 
     @on_timer(FIRE)
@@ -186,19 +204,19 @@ class _FusedFn(beam.DoFn):
         if cell is None:
             return
         micros = Timestamp.of(fired).micros
-        wanted: set[int] = set()
         timers = cell.get(_TIMERS, {})
+        before = self._armed(cell) - {micros}
         for part in self._parts:
             for name, (callback, params) in part.callbacks.items():
                 times = timers.get(name)
                 if not times or micros not in times:
-                    continue  # not this part's time, or a static timer set anew since
+                    continue  # not this part's time (or a stale time of an older cell)
                 times.remove(micros)
                 if not times:
                     del timers[name]
-                kwargs = part.kwargs(params, cell, wanted, key, fired)
+                kwargs = part.kwargs(params, cell, key, fired)
                 yield from callback(part.fn, **kwargs) or ()
-        self._set_timers(fire, wanted)
+        self._sync_timers(fire, before, self._armed(cell))
         if any(k != _TIMERS and k != "_v" for k in cell) or cell.get(_TIMERS):
             cell_state.write(cell)
         else:

@@ -76,6 +76,11 @@ def set_event_timer(timer: Any, at_ms: int) -> None:
     timer.set(Timestamp(micros=at_ms * 1000), dynamic_timer_tag=str(at_ms))
 
 
+def clear_event_timer(timer: Any, at_ms: int) -> None:
+    """Clears the dynamic timer ``set_event_timer`` set at ``at_ms``."""
+    timer.clear(dynamic_timer_tag=str(min(at_ms, MAX_TIMER_MS)))
+
+
 class EventClock:
     """Event-time timers against a watermark held back by a bounded out-of-orderness.
 
@@ -97,6 +102,10 @@ class EventClock:
     def set(self, timer: Any, at_ms: int) -> None:
         """A dynamic timer firing when the effective watermark reaches ``at_ms``."""
         set_event_timer(timer, at_ms + self.delay_ms)
+
+    def clear(self, timer: Any, at_ms: int) -> None:
+        """Clears the dynamic timer ``set`` set at ``at_ms``."""
+        clear_event_timer(timer, at_ms + self.delay_ms)
 
     def set_static(self, timer: Any, at_ms: int) -> None:
         """The (single) timer of its spec, at effective time ``at_ms``."""

@@ -102,6 +102,13 @@ class _SessionFn(beam.DoFn):
         if not timers_set:
             self._clock.set(fire, close_at + self._lateness)
         kept.append(merged)
+        # The timers of the sessions merged away would only fire to find nothing to do.
+        obsolete = {t for last in absorbed_lasts - {merged[_LAST]}
+                    for t in (last + self._gap, last + self._gap + self._lateness)}
+        if obsolete:
+            for t in obsolete - {t for s in kept for t in (s[_LAST] + self._gap,
+                                                           s[_LAST] + self._gap + self._lateness)}:
+                self._clock.clear(fire, t)
         st["s"] = kept
         state.write(st)
 
@@ -114,7 +121,6 @@ class _SessionFn(beam.DoFn):
         now = self._clock.tick(st, fired)
         horizon = st.get("horizon") or to_ms(MIN_TIMESTAMP)
         kept = []
-        # Timers of merged-away sessions still fire; the checks below make them no-ops.
         for s in sorted(st["s"], key=lambda s: s[_LAST]):
             close_at = s[_LAST] + self._gap
             if close_at <= now and not s[_FINAL]:

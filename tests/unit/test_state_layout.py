@@ -6,30 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from apache_beam.coders import FastPrimitivesCoder
 
+from tests.helpers import Cell
 from transforms import counters
 from transforms.late import EventClock
 from transforms.state_layout import TAG, StateLayout, StateLayoutError
 from transforms.ttl import IdleTtl
-
-
-class Cell:
-    """A ReadModifyWriteState cell that stores bytes, as a checkpoint does."""
-
-    coder = FastPrimitivesCoder()
-
-    def __init__(self, value: Any = None) -> None:
-        self.raw = None if value is None else self.coder.encode(value)
-
-    def read(self) -> Any:
-        return None if self.raw is None else self.coder.decode(self.raw)
-
-    def write(self, value: Any) -> None:
-        self.raw = self.coder.encode(value)
-
-    def clear(self) -> None:
-        self.raw = None
 
 
 class Timer:

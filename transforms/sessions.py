@@ -11,7 +11,7 @@ sessions) and re-emits the final value.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import apache_beam as beam
@@ -60,6 +60,12 @@ class _SessionFn(beam.DoFn):
             yield FeatureUpdate(self._entity_type, key, self._duration_name,
                                 (session[_LAST] - session[_FIRST]) // 1000, as_of, final)
 
+    def _timer_times(self, lasts: Iterable[int]) -> set[int]:
+        """The times the sessions ending at ``lasts`` set timers for: close, and
+        close plus the allowed lateness."""
+        return {t for last in lasts for t in (last + self._gap,
+                                              last + self._gap + self._lateness)}
+
     def process(self, kv: tuple[str, dict[str, Any]],
                 state=beam.DoFn.StateParam(STATE),
                 fire=beam.DoFn.TimerParam(FIRE)) -> Iterator[Any]:
@@ -103,12 +109,9 @@ class _SessionFn(beam.DoFn):
             self._clock.set(fire, close_at + self._lateness)
         kept.append(merged)
         # The timers of the sessions merged away would only fire to find nothing to do.
-        obsolete = {t for last in absorbed_lasts - {merged[_LAST]}
-                    for t in (last + self._gap, last + self._gap + self._lateness)}
-        if obsolete:
-            for t in obsolete - {t for s in kept for t in (s[_LAST] + self._gap,
-                                                           s[_LAST] + self._gap + self._lateness)}:
-                self._clock.clear(fire, t)
+        obsolete = self._timer_times(absorbed_lasts - {merged[_LAST]})
+        for t in obsolete - self._timer_times(s[_LAST] for s in kept) if obsolete else ():
+            self._clock.clear(fire, t)
         st["s"] = kept
         state.write(st)
 

@@ -64,6 +64,10 @@ SECTIONS = (
             "benchmarks.serving"),
     Section("engine", "6", "Engine: a keyed stage per feature group vs one fused stage",
             "benchmarks.engine", quick=False),
+    Section("hotkeys", "6b", "Hot keys: one user sending half of all events",
+            "benchmarks.hot_keys", quick=False),
+    Section("peers", "7", "Peers: the user features as a Flink SQL job and a plain Python consumer",
+            "benchmarks.peers", quick=False),
 )
 
 BY_NAME = {s.name: s for s in SECTIONS}

@@ -4,9 +4,11 @@ The whole product on this machine: Kafka (KRaft), the pipeline on the local
 Flink 1.19 cluster through the Beam 2.62 job server (LOOPBACK Python workers
 in the pipeline's own process), RocksDB with incremental exactly-once
 checkpoints every 10 s, Redis; all on the same 2 cores as the producer.
-One job per pipeline (user, ride) and parallelism (1, 2), started as
-``python -m pipelines.<name>_features --runner=FlinkRunner`` with the
-product's preset but 200 ms bundles (see Bundles), a 2-partition topic.
+Five jobs, started as ``python -m pipelines.<name>_features
+--runner=FlinkRunner`` with the product's preset (the fused engine, the 256 MB
+state cache) and a bundle preset (see Bundles), each on its own 2-partition
+topic: user and ride at parallelism 1 with each bundle preset, and user at
+parallelism 2 with ``low_latency``.
 Each job gets a single event (its Python workers start) and a 10 s warm-up
 at 200 events/s, then keeps running while the offered rate steps up: each
 phase sends a live stream (event time = now, 1,000 users, Zipf skew 1.1,
@@ -35,13 +37,13 @@ they are within 25%). Events still unseen when a drain timed out count
 with their age then (a lower bound). CPU: the cores each process used while
 the phase was sending.
 
-Bundles: a Python step hands its output on when its bundle ends (1,000
-elements or ``--max_bundle_time_mills``), so at low rates the bundle time
-is the floor of freshness, paid once per fused step. The user job at
-parallelism 1 therefore runs twice in the same invocation, with 200 ms
-bundles (``make run``'s before this comparison; every job of this section
-runs with it) and with 50 ms ones: before/after in one table. The Flink
-preset (``runners/flink.py``) uses 50 ms since this comparison.
+Bundles: a Python step hands its output on when its bundle ends, so at
+low rates the bundle time is the floor of freshness, while bigger bundles
+cost fewer state round trips per event and raise throughput. The product
+ships the choice as two presets (``runners.flink.BUNDLE_PRESETS``):
+``low_latency`` (bundles of up to 50 ms, the default for live streams) and
+``catch_up`` (up to 1 s or 50,000 elements, for backlogs). The plots show
+freshness p50/p99 against the offered rate for each.
 
 Flink needs about a minute per job before it measures anything: ``--quick``
 does not run this section (``make bench`` does).
@@ -65,15 +67,15 @@ from benchmarks.flink_job import (
 )
 from benchmarks.measure import percentile
 from pipelines.generate import StreamSpec, generate
+from runners.flink import BUNDLE_PRESETS
 from runners.freshness import FreshnessProbe
 
 NAME = "e2e"
 TITLE = "End to end on Flink: sustained events/s and freshness"
 
-# (pipeline, parallelism, bundle ms): 200 ms, and the 50 ms the preset adopted.
-FAST_BUNDLE_MS = 50
-JOBS = (("user", 1, BUNDLE_MS), ("user", 2, BUNDLE_MS), ("ride", 1, BUNDLE_MS),
-        ("ride", 2, BUNDLE_MS), ("user", 1, FAST_BUNDLE_MS))
+# (pipeline, parallelism, bundle preset of runners.flink.BUNDLE_PRESETS)
+JOBS = (("user", 1, "low_latency"), ("user", 1, "catch_up"), ("user", 2, "low_latency"),
+        ("ride", 1, "low_latency"), ("ride", 1, "catch_up"))
 RATES = (250, 1_000, 5_000, 10_000, 20_000)
 SIZES = {"full": {"phase_s": 20, "warmup_rate": 200, "warmup_s": 10, "bisect_steps": 3,
                   "drain_timeout_s": 90}}
@@ -216,11 +218,11 @@ def _checkpoint_summary(checkpoints: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def measure_job(svc: Any, pipeline: str, parallelism: int, size: dict[str, Any],
-                workdir: Path, redis_db: int, bundle_ms: int = BUNDLE_MS) -> dict[str, Any]:
+                workdir: Path, redis_db: int, preset: str = "low_latency") -> dict[str, Any]:
     """Steps the offered rate up on one running job, then bisects for p99 < 1 s."""
-    name = f"bench-{pipeline}-p{parallelism}-b{bundle_ms}"
-    job = FeatureJob(svc, pipeline, parallelism, name, workdir, redis_db,
-                     flags=(f"--max_bundle_time_mills={bundle_ms}",))
+    name = f"bench-{pipeline}-p{parallelism}-{preset.replace('_', '-')}"
+    job = FeatureJob(svc, pipeline, parallelism, name, workdir, redis_db, bundles=preset)
+    bundle_ms = BUNDLE_PRESETS[preset]["max_bundle_time_ms"]
     phases: list[dict[str, Any]] = []
     not_run: list[dict[str, Any]] = []
     seed = 100
@@ -268,7 +270,8 @@ def measure_job(svc: Any, pipeline: str, parallelism: int, size: dict[str, Any],
                    if not p["kept_up"] and p["consumed_per_s"] is not None]
     lo, hi = _bracket(phases)
     every = [c for p in phases for c in p["checkpoints"]]
-    return {"pipeline": pipeline, "parallelism": parallelism, "bundle_ms": bundle_ms,
+    return {"pipeline": pipeline, "parallelism": parallelism, "preset": preset,
+            "bundle_ms": bundle_ms,
             "startup": startup,
             "phases": phases, "not_run": not_run,
             "max_kept_up_per_s": max((p["offered_per_s"] for p in kept), default=None),
@@ -284,21 +287,22 @@ def run(mode: str) -> dict[str, Any]:
     size = SIZES[mode]
     jobs = []
     with tempfile.TemporaryDirectory(prefix="rtf-bench-e2e-") as tmp, flink_services() as svc:
-        for db, (pipeline, parallelism, bundle_ms) in enumerate(JOBS):
+        for db, (pipeline, parallelism, preset) in enumerate(JOBS):
             try:
                 jobs.append(measure_job(svc, pipeline, parallelism, size, Path(tmp), db,
-                                        bundle_ms))
+                                        preset))
             except Exception as e:  # noqa: BLE001 (one failed job must not lose the others)
                 print(f"  {pipeline} p={parallelism} FAILED: {e}", flush=True)
                 jobs.append({"pipeline": pipeline, "parallelism": parallelism,
-                             "bundle_ms": bundle_ms,
+                             "preset": preset,
                              "error": f"{type(e).__name__}: {e}"[:1000]})
     return {"parameters": {**size, "rates": list(RATES), "users": USERS, "skew": SKEW,
                            "disorder_ms": DISORDER_MS, "probe_every_nth_user": PROBE_EVERY,
                            "probe_poll_ms": PROBE_POLL_S * 1000, "keep_up_ratio": KEEP_UP,
                            "behind_s": BEHIND_S, "target_p99_ms": TARGET_P99_MS,
                            "checkpoint_interval_ms": CHECKPOINT_INTERVAL_MS,
-                           "bundle_ms": BUNDLE_MS, "partitions": PARTITIONS},
+                           "presets": {p: BUNDLE_PRESETS[p] for _, _, p in JOBS},
+                           "partitions": PARTITIONS},
             "jobs": jobs}
 
 
@@ -308,7 +312,10 @@ def measured(data: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def bundle_label(job: dict[str, Any]) -> str:
-    """`` (50 ms bundles)`` for a job not on the section's bundle time, else ``""``."""
+    """`` low_latency`` (a job's bundle preset), or `` (50 ms bundles)`` in results of
+    runs before presets (``""`` for their 200 ms default)."""
+    if "preset" in job:
+        return f" {job['preset']}"
     ms = job.get("bundle_ms", BUNDLE_MS)
     return "" if ms == BUNDLE_MS else f" ({ms} ms bundles)"
 

@@ -68,10 +68,11 @@ WARM_UP_S = {"full": 20, "quick": 5}
 MEASURE_S = {"full": 60, "quick": 20}
 
 
-def _fill(svc: Any, pipeline: str, topic: str, events: int, users: int) -> None:
+def _fill(svc: Any, pipeline: str, topic: str, events: int, users: int,
+          hot_share: float = 0.0) -> None:
     svc.create_topic(topic, partitions=2)
     spec = StreamSpec(events=events, users=users, rate_per_s=2_000, skew=1.1,
-                      disorder_ms=2_000, late_fraction=0.0, seed=17)
+                      disorder_ms=2_000, late_fraction=0.0, seed=17, hot_share=hot_share)
     # Event times end now: the backlog is recent, as after a restart.
     start = int(time.time() * 1000) - events * 1000 // spec.rate_per_s
     producer = EventProducer(svc.ports.bootstrap_servers, topic, SCHEMA_FILES[pipeline])
@@ -81,9 +82,12 @@ def _fill(svc: Any, pipeline: str, topic: str, events: int, users: int) -> None:
 
 
 def _catch_up(svc: Any, pipeline: str, variant: str, topic: str, events: int,
-              workdir: Path, mode: str) -> dict[str, Any]:
-    engine, bundles, cache_mb, sizer, users = VARIANTS[variant]
-    flags = [*service_args(svc, 1, CHECKPOINT_INTERVAL_MS, bundles), f"--topic={topic}",
+              workdir: Path, mode: str, parallelism: int = 1,
+              params: tuple[str, str, int, str, int] | None = None) -> dict[str, Any]:
+    """Runs one variant (``params`` if given, else ``VARIANTS[variant]``) on a filled topic."""
+    engine, bundles, cache_mb, sizer, users = params or VARIANTS[variant]
+    flags = [*service_args(svc, parallelism, CHECKPOINT_INTERVAL_MS, bundles),
+             f"--topic={topic}",
              f"--max_cache_memory_usage_mb={cache_mb}", f"--state_cache_sizer={sizer}",
              f"--consumer_group=engine-{topic}-{time.monotonic_ns()}",
              f"--redis_url=redis://127.0.0.1:{svc.ports.redis}/0",
@@ -93,7 +97,7 @@ def _catch_up(svc: Any, pipeline: str, variant: str, topic: str, events: int,
     else:
         flags.append(f"--engine={engine}")
     process = PipelineProcess(svc.ports.flink_rest, pipeline, flags, workdir,
-                              f"{topic}-{engine}-{bundles}-{cache_mb}",
+                              f"{topic}-{engine}-{bundles}-{cache_mb}-p{parallelism}",
                               module="benchmarks.keyed_floor" if engine == "floor" else None)
     try:
         jid = process.wait_running(300)
@@ -113,6 +117,7 @@ def _catch_up(svc: Any, pipeline: str, variant: str, topic: str, events: int,
                                    f"({n}/{events})")
             time.sleep(1)
         sampler.stop()
+        per_subtask = sampler.subtask_records()
         t1 = sampler.records[-1][0]
         rate = sampler.rate(t0, t1) if t0 is not None and t1 > t0 else None
         taken = (sampler.records_at(t1) or 0) - (sampler.records_at(t0) or 0) if rate else 0
@@ -122,7 +127,8 @@ def _catch_up(svc: Any, pipeline: str, variant: str, topic: str, events: int,
             "users": users, "events": events,
             "events_per_s": None if rate is None else round(rate),
             "seconds_measured": round(t1 - t0, 1) if rate else None,
-            "events_measured": taken}
+            "events_measured": taken, "parallelism": parallelism,
+            "subtask_records": per_subtask}
 
 
 def run(mode: str) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from typing import Any
 
 import redis
 
+from benchmarks.measure import slope
 from pipelines.produce import SCHEMA_FILES, EventProducer
 from runners.demo import warm_up
 from runners.flink import _rest, checkpoint_config, service_args
@@ -153,6 +154,11 @@ class JobSampler:
                 return int(v["metrics"]["read-records"])
         raise RuntimeError("vertex gone")
 
+    def subtask_records(self) -> list[int]:
+        """Records into the step per parallel subtask, now."""
+        vertex = _rest(self._rest_port, f"/jobs/{self._jid}/vertices/{self._vertex}")
+        return [int(t["metrics"]["read-records"]) for t in vertex["subtasks"]]
+
     def poll_checkpoints(self) -> None:
         stats = _rest(self._rest_port, f"/jobs/{self._jid}/checkpoints")
         self.counts = dict(stats.get("counts", {}))
@@ -186,13 +192,7 @@ class JobSampler:
         elements, at once when they are waiting); a fit over every sample
         weighs them less than the two end points would.
         """
-        inside = [(at, v) for at, v in self.records if t0 <= at <= t1]
-        if len(inside) < 3 or inside[-1][0] - inside[0][0] < 2:
-            return None
-        mean_t = sum(at for at, _ in inside) / len(inside)
-        mean_v = sum(v for _, v in inside) / len(inside)
-        var = sum((at - mean_t) ** 2 for at, _ in inside)
-        return sum((at - mean_t) * (v - mean_v) for at, v in inside) / var
+        return slope([(at, v) for at, v in self.records if t0 <= at <= t1])
 
     def finished_between(self, t0: float, t1: float) -> list[dict[str, Any]]:
         """Checkpoints triggered in [t0, t1] (``time.time()``), oldest first."""
@@ -218,10 +218,13 @@ class FeatureJob:
         workdir: where the process's output goes.
         redis_db: the Redis database the job writes.
         flags: more flags for the pipeline process.
+        bundles: a bundle preset (``runners.flink.BUNDLE_PRESETS``) in place of
+            the 200 ms bundles.
     """
 
     def __init__(self, svc: LocalServices, pipeline: str, parallelism: int, name: str,
-                 workdir: Path, redis_db: int = 0, flags: tuple[str, ...] = ()) -> None:
+                 workdir: Path, redis_db: int = 0, flags: tuple[str, ...] = (),
+                 bundles: str | None = None) -> None:
         self.svc = svc
         self.pipeline = pipeline
         self.parallelism = parallelism
@@ -232,10 +235,12 @@ class FeatureJob:
         svc.create_topic(name, partitions=PARTITIONS)
         self.dead_letter = workdir / f"{name}-dead.jsonl"
         self.late_output = workdir / f"{name}-late.jsonl"
-        self.flags = [*service_args(svc, parallelism, CHECKPOINT_INTERVAL_MS),
+        bundle_flags = [] if bundles else [f"--max_bundle_time_mills={BUNDLE_MS}"]
+        self.flags = [*service_args(svc, parallelism, CHECKPOINT_INTERVAL_MS,
+                                    bundles or "low_latency"),
                       f"--topic={name}", f"--consumer_group=bench-{name}",
                       f"--redis_url=redis://127.0.0.1:{svc.ports.redis}/{redis_db}",
-                      f"--max_bundle_time_mills={BUNDLE_MS}",
+                      *bundle_flags,
                       f"--dead_letter={self.dead_letter}", f"--late_output={self.late_output}",
                       *flags]
         self.producer: EventProducer | None = None

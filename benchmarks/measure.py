@@ -9,6 +9,19 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 
+def slope(samples: Sequence[tuple[float, float]]) -> float | None:
+    """The least-squares slope of ``(time, count)`` samples: a rate per second.
+
+    None for fewer than 3 samples or less than 2 s of them.
+    """
+    if len(samples) < 3 or samples[-1][0] - samples[0][0] < 2:
+        return None
+    mean_t = sum(at for at, _ in samples) / len(samples)
+    mean_v = sum(v for _, v in samples) / len(samples)
+    var = sum((at - mean_t) ** 2 for at, _ in samples)
+    return sum((at - mean_t) * (v - mean_v) for at, v in samples) / var
+
+
 def percentile(sorted_values: Sequence[float], q: float) -> float:
     """The ``q``-th percentile (0..100) of sorted values, nearest-rank."""
     if not sorted_values:

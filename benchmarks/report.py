@@ -299,15 +299,16 @@ def _ms(freshness: dict[str, Any], key: str) -> str:
     return ("≥ " if freshness.get("lower_bound") else "") + _n(value)
 
 
-def _bundle(job: dict[str, Any], params: dict[str, Any]) -> int:
-    """The job's bundle time (runs before per-job bundle times: the run's one)."""
-    return int(job.get("bundle_ms", params["bundle_ms"]))
+def _bundle(job: dict[str, Any], params: dict[str, Any]) -> str:
+    """The job's bundle preset and time (older runs: a bundle time for the run or job)."""
+    ms = int(job.get("bundle_ms", params.get("bundle_ms", 0)))
+    return f"{job['preset']} ({ms} ms)" if "preset" in job else f"{ms} ms"
 
 
 def _e2e(data: dict[str, Any]) -> list[str]:
     jobs = [j for j in data["jobs"] if "error" not in j]  # a failed job has only its error
     params = data["parameters"]
-    out = ["| pipeline | parallelism | bundle ms | RUNNING after s | highest rate kept up /s "
+    out = ["| pipeline | parallelism | bundles | RUNNING after s | highest rate kept up /s "
            "| capacity events/s | highest rate with p99 < 1 s | lowest rate above it "
            "with p99 >= 1 s | checkpoints completed | checkpoint p50 / max ms "
            "| late events | dead letters |",
@@ -331,7 +332,7 @@ def _e2e(data: dict[str, Any]) -> list[str]:
             "was sending (TM = the Flink TaskManager, Python = the pipeline process hosting "
             "the SDK workers). Capacity: the most the job consumed while a backlog waited.",
             "",
-            "| pipeline | p | bundle ms | step | offered /s | sent /s | consumed /s | kept up "
+            "| pipeline | p | bundles | step | offered /s | sent /s | consumed /s | kept up "
             "| probed events | p50 ms | p99 ms | max ms | drain s | consumed while draining /s "
             "| checkpoints (max ms) | "
             + " | ".join(f"{label} cores" for _, label in _CPU_COLUMNS) + " |",
@@ -353,17 +354,16 @@ def _e2e(data: dict[str, Any]) -> list[str]:
                        f"| {_n(f.get('events'))} | {_ms(f, 'p50_ms')} | {_ms(f, 'p99_ms')} "
                        f"| {_ms(f, 'max_ms')} | {p['drain_s']:.1f} "
                        f"| {_n(p['catch_up_per_s'])} | {checkpoints} | {cpu} |")
-    skipped = [f"{j['pipeline']} p={j['parallelism']} ({_bundle(j, params)} ms bundles): "
+    skipped = [f"{j['pipeline']} p={j['parallelism']} ({_bundle(j, params)} bundles): "
                + ", ".join(f"{_n(r['offered_per_s'])}/s" for r in j["not_run"])
                + f" ({j['not_run'][0]['reason']})" for j in jobs if j["not_run"]]
     out += ["", "Not run (higher rates after a phase the job did not keep up with): "
             + ("; ".join(skipped) if skipped else "none") + ".", "",
             f"{params['phase_s']} s phases; {_n(params['users'])} users (Zipf skew "
             f"{params['skew']}), {params['partitions']} partitions, checkpoints every "
-            f"{params['checkpoint_interval_ms'] // 1000} s, bundles of "
-            f"{params['bundle_ms']} ms; a phase is kept up when the job consumed >= "
-            f"{params['keep_up_ratio']:.0%} of what was sent, and stops early once an event "
-            f"has waited {params['behind_s']:.0f} s.", ""]
+            f"{params['checkpoint_interval_ms'] // 1000} s; a phase is kept up when the job "
+            f"consumed >= {params['keep_up_ratio']:.0%} of what was sent, and stops early once "
+            f"an event has waited {params['behind_s']:.0f} s.", ""]
 
     def series(j: dict[str, Any], field: str) -> list[tuple[float, float]]:
         values = [(p["offered_per_s"], p["freshness"].get(field) if field.endswith("_ms")
@@ -376,7 +376,7 @@ def _e2e(data: dict[str, Any]) -> list[str]:
             if pts:
                 ax.plot(*zip(*pts, strict=True), marker="o",
                         label=f"{j['pipeline']}, parallelism {j['parallelism']}, "
-                              f"{_bundle(j, params)} ms bundles")
+                              f"{_bundle(j, params)} bundles")
         rates = sorted({p["offered_per_s"] for j in jobs for p in j["phases"]})
         ax.plot(rates, rates, color="grey", linestyle=":", label="consumed = offered")
         ax.set_xscale("log")
@@ -389,7 +389,7 @@ def _e2e(data: dict[str, Any]) -> list[str]:
     def freshness(ax: Any) -> None:
         for k, j in enumerate(jobs):
             color = f"C{k}"
-            label = f"{j['pipeline']} p={j['parallelism']} {_bundle(j, params)} ms"
+            label = f"{j['pipeline']} p={j['parallelism']} {_bundle(j, params)}"
             for field, style in (("p50_ms", "--"), ("p99_ms", "-")):
                 pts = series(j, field)
                 if pts:
@@ -494,9 +494,46 @@ def _engine(data: dict[str, Any]) -> list[str]:
     return out
 
 
+def _hotkeys(data: dict[str, Any]) -> list[str]:
+    out = ["| stream | parallelism | events/s (slope) | records into the fused step per subtask "
+           "| share of the busiest |", "|---|---:|---:|---|---:|"]
+    for r in data["runs"]:
+        out.append(f"| {r['stream']} | {r['parallelism']} | {_n(r['events_per_s'])} "
+                   f"| {', '.join(_n(n) for n in r['subtask_records'])} "
+                   f"| {max(r['subtask_shares']):.0%} |")
+    return [*out, "", f"{_n(data['params']['events'])} events in each backlog; "
+            f"{data['params']['variant']}.", ""]
+
+
+def _peers(data: dict[str, Any]) -> list[str]:
+    params, rates = data["params"], data["rates"]
+    names = {"pipeline": f"rtfeatures user pipeline ({params['variant']})",
+             "flink_sql": "Flink SQL job (benchmarks/flink_sql_peer.py)",
+             "python_consumer": "plain Python consumer (benchmarks/python_consumer.py)"}
+    out = ["| job | events/s | x pipeline | events / s measured |", "|---|---:|---:|---|"]
+    for key, r in rates.items():
+        ratio = data["over_pipeline"].get(key)
+        out.append(f"| {names[key]} | {_n(r['events_per_s'])} "
+                   f"| {'1.00' if key == 'pipeline' else _ratio(ratio)} "
+                   f"| {_n(r.get('events_measured', r.get('events')))} / "
+                   f"{r.get('seconds_measured', r.get('seconds'))} |")
+    v = data["values"]
+    out += ["", f"{_n(params['events'])} events in the backlog ({_n(params['users'])} users). "
+            f"Values on {_n(v['events'])} events of {v['users']} users, every feature of every "
+            f"user in the pipeline's Redis against the peer's:", "",
+            "| peer | compared | equal | differing | only in the peer |",
+            "|---|---:|---:|---:|---:|"]
+    for peer in ("flink_sql", "python_consumer"):
+        c = v[peer]
+        out.append(f"| {peer} | {c['compared']} | {c['equal']} | {len(c['differing'])} "
+                   f"| {len(c['only_theirs'])} |")
+    return [*out, ""]
+
+
 RENDERERS: dict[str, Renderer] = {"transform": _transform, "sink": _sink, "state": _state,
                                   "serving": _serving, "e2e": _e2e, "rocksdb": _rocksdb,
-                                  "engine": _engine}
+                                  "engine": _engine, "hotkeys": _hotkeys,
+                                  "peers": _peers}
 
 
 # --- the document ------------------------------------------------------------------------

@@ -56,6 +56,8 @@ class StreamSpec:
         late_by_ms: how late those are (at most).
         seed: random seed.
         start_ms: event time of the first event (``live_spec`` sets it to now).
+        hot_share: share of all events sent by one user, ``u0000``, on top of
+            the Zipf draw (0: none; 0.5: a user sending half of all events).
     """
 
     events: int = 2_000
@@ -67,6 +69,7 @@ class StreamSpec:
     late_by_ms: int = 600_000
     seed: int = 7
     start_ms: int = START_MS
+    hot_share: float = 0.0
 
 
 def live_spec(spec: StreamSpec) -> StreamSpec:
@@ -98,7 +101,10 @@ def _arrivals(spec: StreamSpec) -> Iterator[tuple[random.Random, str, int]]:
         # Equal timestamps happen: round some to the second.
         if rng.random() < 0.1:
             ts -= ts % 1000
-        yield rng, rng.choices(users, cum_weights=cum_weights)[0], ts
+        if spec.hot_share and rng.random() < spec.hot_share:
+            yield rng, users[0], ts
+        else:
+            yield rng, rng.choices(users, cum_weights=cum_weights)[0], ts
 
 
 def user_events(spec: StreamSpec) -> Iterator[dict[str, Any]]:

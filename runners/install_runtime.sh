@@ -3,8 +3,10 @@
 #   - JVM jars from Maven Central (runners/jars/pom.xml) into $RTF_CACHE/jars
 #       kafka/  Kafka 3.9.1 broker (KRaft) + reload4j logging
 #       beam/   Beam 2.62.0 Flink 1.19 job server + Kafka expansion service + RocksDB
+#       sql/    Flink SQL Kafka connector 3.2.0-1.19 (the Flink SQL peer)
 #   - the Flink 1.19.0 distribution (bundled in the apache-flink wheel) in a
-#     separate venv $RTF_CACHE/flink-venv (never the project venv: it pins an old Beam)
+#     separate venv $RTF_CACHE/flink-venv (never the project venv: it pins an old Beam),
+#     with py4j for PyFlink's Table API client
 #   - redis-server (Debian package), Java 17 and Maven if missing
 # A warm machine returns in well under a second (stamp files).
 set -euo pipefail
@@ -39,7 +41,7 @@ JAR_STAMP="$RTF_CACHE/jars/.stamp-$POM_HASH"
 if [ ! -f "$JAR_STAMP" ]; then
   log "fetching jars with Maven into $RTF_CACHE/jars"
   start=$(date +%s)
-  rm -rf "$RTF_CACHE/jars/kafka" "$RTF_CACHE/jars/beam" "$RTF_CACHE"/jars/.stamp-*
+  rm -rf "$RTF_CACHE/jars/kafka" "$RTF_CACHE/jars/beam" "$RTF_CACHE/jars/sql" "$RTF_CACHE"/jars/.stamp-*
   mvn -B -q -f "$ROOT/runners/jars/pom.xml" package -Drtf.jars="$RTF_CACHE/jars"
   touch "$JAR_STAMP"
   log "jars: $(ls "$RTF_CACHE/jars/kafka" | wc -l) kafka, $(ls "$RTF_CACHE/jars/beam" | wc -l) beam ($(du -sh "$RTF_CACHE/jars" | cut -f1)) in $(( $(date +%s) - start ))s"
@@ -57,6 +59,12 @@ if [ ! -f "$FLINK_STAMP" ]; then
     "apache-flink==$FLINK_PY_VERSION" "apache-flink-libraries==$FLINK_PY_VERSION"
   touch "$FLINK_STAMP"
   log "flink: $(du -sh "$FLINK_VENV" | cut -f1) in $(( $(date +%s) - start ))s"
+fi
+
+# PyFlink's Table API client (the benchmarks' Flink SQL peer) needs only py4j:
+# the wheel's other requirements pin an old Beam and serve Python UDFs, unused.
+if ! "$FLINK_VENV/bin/python" -c "import py4j" 2>/dev/null; then
+  "$FLINK_VENV/bin/pip" install -q --disable-pip-version-check --no-deps "py4j==0.10.9.7"
 fi
 
 log "runtime ready in $RTF_CACHE"

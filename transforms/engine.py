@@ -280,6 +280,14 @@ class FeatureEngine:
             groups.append(_Group(camel(f.name), t, f.where, False))
         return groups
 
+    def fused_fns(self) -> dict[str, DoFn]:
+        """Per entity field, the fused stage's DoFn (one keyed step for all its
+        features): what ``expand`` runs with ``engine="fused"``, for callers that
+        drive it outside a pipeline (the benchmarks' plain Python consumer)."""
+        return {entity: FusedFeatures([(g.label, g.transform.fn, g.where)
+                                       for g in groups]).fn
+                for entity, groups in self._by_entity.items()}
+
     def expand(self, events: beam.PCollection
                ) -> tuple[list[beam.PCollection], list[beam.PCollection]]:
         """Adds the feature steps to ``events``; returns (update streams, late event streams)."""

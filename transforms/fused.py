@@ -240,6 +240,11 @@ class FusedFeatures(beam.PTransform):
         super().__init__()
         self._fn = _FusedFn(parts)
 
+    @property
+    def fn(self) -> DoFn:
+        """The keyed stateful DoFn: one state cell ``features`` and one timer family."""
+        return self._fn
+
     def expand(self, keyed: beam.PCollection) -> pvalue.DoOutputsTuple:
         return keyed | "Features" >> beam.ParDo(self._fn).with_input_types(
             tuple[str, dict[str, Any]]).with_output_types(FeatureUpdate).with_outputs(

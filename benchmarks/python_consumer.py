@@ -1,0 +1,201 @@
+"""The ceiling: the same features in one plain Python process, no Beam, no Flink.
+
+    python -m benchmarks.python_consumer --pipeline=user --bootstrap_servers=... \\
+        --topic=... --redis_url=redis://... --max_records=N
+
+A ``confluent_kafka`` consumer reads the topic the pipelines read (Confluent
+Avro records), decodes each with the product's decoder, and hands it to the
+product's fused feature DoFn (``FeatureEngine.fused_fns``: the very code the
+fused Flink stage runs) with its state in a Python dict instead of Flink's
+state backend and its timers in a heap instead of Flink's timer service.
+After each polled batch the watermark moves to the oldest of the partitions'
+newest record timestamps, due timers fire in time order, and the batch's
+updates, coalesced per entity and feature as the sink's guard would keep
+them, go to Redis through the product's guarded writer (``RedisWriter``: the
+``as_of`` guard script, pipelined). At the end of the input the watermark
+jumps to +inf, so every window is final, as in a bounded replay.
+
+Left out, so it bounds from above what Python can do on this machine: no
+checkpoints or offset commits, no feature log file, dead letters only
+counted, a single thread. It prints one JSON line: events, dead letters,
+late events, feature vectors written, fields the guard left alone, and
+events/s from the first record to the last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import json
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from apache_beam import pvalue
+from apache_beam.utils.timestamp import Timestamp
+
+from pipelines.catalogue import PIPELINES
+from pipelines.produce import SCHEMA_FILES
+from transforms.decode import EventSchema, InvalidEvent, SchemaCatalogue, decode_confluent
+from transforms.engine import EngineSettings, FeatureEngine
+from transforms.merge import merge_updates
+from transforms.model import FeatureUpdate
+from transforms.redis_sink import RedisSinkConfig, RedisWriter
+
+_END_OF_TIME = Timestamp.of(2**62 // 10**6).micros  # beyond every timer the parts set
+
+
+class _Cell:
+    """A key's state cell held in a dict (what ``ReadModifyWriteState`` is to Flink)."""
+
+    __slots__ = ("_store", "_key")
+
+    def __init__(self, store: dict[str, Any], key: str) -> None:
+        self._store, self._key = store, key
+
+    def read(self) -> Any:
+        return self._store.get(self._key)
+
+    def write(self, value: Any) -> None:
+        self._store[self._key] = value
+
+    def clear(self) -> None:
+        self._store.pop(self._key, None)
+
+
+class _Timers:
+    """A key's watermark timers (tagged by time), queued in one shared heap."""
+
+    __slots__ = ("_owner", "_key")
+
+    def __init__(self, owner: InMemoryEngine, key: str) -> None:
+        self._owner, self._key = owner, key
+
+    def set(self, ts: Timestamp, dynamic_timer_tag: str = "") -> None:
+        micros = Timestamp.of(ts).micros
+        times = self._owner.timers.setdefault(self._key, set())
+        if micros not in times:
+            times.add(micros)
+            heapq.heappush(self._owner.heap, (micros, self._key))
+
+    def clear(self, dynamic_timer_tag: str = "") -> None:
+        times = self._owner.timers.get(self._key)
+        if times:
+            times.discard(int(dynamic_timer_tag))
+
+
+class InMemoryEngine:
+    """One entity's fused feature DoFn run on in-memory state and timers."""
+
+    def __init__(self, fn: Any) -> None:
+        self._fn = fn
+        self.state: dict[str, Any] = {}
+        self.timers: dict[str, set[int]] = {}
+        self.heap: list[tuple[int, str]] = []
+        self.late = 0
+
+    def _keep(self, outputs: Iterable[Any], into: list[FeatureUpdate]) -> None:
+        for out in outputs:
+            if isinstance(out, pvalue.TaggedOutput):
+                self.late += 1
+            else:
+                into.append(out)
+
+    def process(self, key: str, event: dict[str, Any], into: list[FeatureUpdate]) -> None:
+        self._keep(self._fn.process((key, event), cell_state=_Cell(self.state, key),
+                                    fire=_Timers(self, key)), into)
+
+    def advance(self, watermark_micros: int, into: list[FeatureUpdate]) -> None:
+        """Fires every timer at or before the watermark, oldest first."""
+        while self.heap and self.heap[0][0] <= watermark_micros:
+            micros, key = heapq.heappop(self.heap)
+            times = self.timers.get(key)
+            if not times or micros not in times:
+                continue  # cleared since it was queued
+            times.discard(micros)
+            self._keep(self._fn._fire(key=key, fired=Timestamp(micros=micros),
+                                      cell_state=_Cell(self.state, key),
+                                      fire=_Timers(self, key)) or (), into)
+
+
+def consume(pipeline: str, bootstrap_servers: str, topic: str, redis_url: str,
+            max_records: int, watermark_delay_ms: int = 10_000,
+            idle_timeout_s: float = 10.0) -> dict[str, Any]:
+    """Reads ``max_records`` records (or until the topic is idle), computes and writes."""
+    from confluent_kafka import Consumer
+
+    features = PIPELINES[pipeline]
+    entity = features[0].entity
+    fns = FeatureEngine(features, EngineSettings(watermark_delay_ms=watermark_delay_ms),
+                        pipeline).fused_fns()
+    engine = InMemoryEngine(fns[entity])
+    schema, catalogue = EventSchema(SCHEMA_FILES[pipeline]), SchemaCatalogue()
+    writer = RedisWriter(RedisSinkConfig(url=redis_url, batch_size=500))
+    consumer = Consumer({"bootstrap.servers": bootstrap_servers,
+                         "group.id": f"python-consumer-{time.monotonic_ns()}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([topic])
+    newest: dict[int, int] = {}  # partition -> newest record timestamp (ms)
+    records = dead = written = rejected = 0
+    first = last = None
+    idle_since = time.monotonic()
+    try:
+        while records < max_records:
+            batch = consumer.consume(num_messages=5_000, timeout=0.5)
+            if not batch:
+                if time.monotonic() - idle_since > idle_timeout_s:
+                    break
+                continue
+            idle_since = time.monotonic()
+            first = first or time.perf_counter()
+            updates: list[FeatureUpdate] = []
+            for message in batch:
+                if message.error():
+                    continue
+                records += 1
+                try:
+                    event = decode_confluent(message.value(), schema, catalogue)
+                except InvalidEvent:
+                    dead += 1
+                    continue
+                engine.process(event[entity], event, updates)
+                newest[message.partition()] = max(newest.get(message.partition(), 0),
+                                                  message.timestamp()[1])
+            engine.advance(min(newest.values(), default=0) * 1000, updates)
+            vectors = merge_updates(updates)
+            rejected += writer.write(vectors)
+            written += len(vectors)
+            last = time.perf_counter()
+        tail: list[FeatureUpdate] = []
+        engine.advance(_END_OF_TIME, tail)
+        vectors = merge_updates(tail)
+        rejected += writer.write(vectors)
+        written += len(vectors)
+    finally:
+        consumer.close()
+        writer.close()
+    seconds = (last - first) if first and last else 0.0
+    return {"pipeline": pipeline, "events": records, "dead_letters": dead,
+            "late_events": engine.late, "vectors_written": written,
+            "guard_rejected_fields": rejected,
+            "seconds": round(seconds, 2),
+            "events_per_s": round(records / seconds) if seconds else None}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--pipeline", choices=sorted(PIPELINES), default="user")
+    parser.add_argument("--bootstrap_servers", required=True)
+    parser.add_argument("--topic", required=True)
+    parser.add_argument("--redis_url", required=True)
+    parser.add_argument("--max_records", type=int, default=2**62)
+    parser.add_argument("--max_out_of_orderness_ms", type=int, default=10_000)
+    args = parser.parse_args(argv)
+    result = consume(args.pipeline, args.bootstrap_servers, args.topic, args.redis_url,
+                     args.max_records, args.max_out_of_orderness_ms)
+    sys.stdout.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()

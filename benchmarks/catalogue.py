@@ -66,6 +66,8 @@ SECTIONS = (
             "benchmarks.engine", quick=False),
     Section("hotkeys", "6b", "Hot keys: one user sending half of all events",
             "benchmarks.hot_keys", quick=False),
+    Section("routes", "6c", "Routes: each window kind as a stateful stage and as Beam windowing",
+            "benchmarks.routes", quick=False),
     Section("peers", "7", "Peers: the user features as a Flink SQL job and a plain Python consumer",
             "benchmarks.peers", quick=False),
 )

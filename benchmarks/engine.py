@@ -23,7 +23,9 @@ the whole backlog waiting. Throughput: records into the keyed step
 sampled every second), as the least-squares slope over a steady stretch: from
 20 s after the step had taken 5% of the backlog (a new job's classes are
 still being compiled by the JIT before that) for 60 s, or until 95% of the
-backlog. A backlog of a few seconds' work is read in a few bundle-sized steps
+backlog (a job that reads 95% of the backlog before the warm-up ends is
+measured from the 5% point, and its result says ``warmed_up: false``). A
+backlog of a few seconds' work is read in a few bundle-sized steps
 and its slope says little: the backlog here is 400,000 events. Each variant
 runs once per pipeline, in the order given.
 """
@@ -36,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.flink_job import JobSampler, flink_services
+from benchmarks.flink_job import DecodedSampler, JobSampler, flink_services
 from pipelines.generate import StreamSpec, generate
 from pipelines.produce import SCHEMA_FILES, EventProducer
 from runners.flink import service_args
@@ -62,6 +64,8 @@ KEYED_STEP = {("user", "stages"): "Sessions", ("user", "fused"): "UserFeatures",
               ("ride", "stages"): "AmountSum60s", ("ride", "fused"): "RideFeatures",
               ("user", "floor"): "UserFeatures", ("ride", "floor"): "RideFeatures"}
 ORDER = tuple(VARIANTS)
+# A ``job`` whose sampled step is this counts decoded events (``DecodedSampler``).
+DECODED = "decoded events"
 # Seconds after the keyed step took 5% of the backlog before the rate counts
 # (a new job's classes are compiled by the JIT meanwhile), then seconds measured.
 WARM_UP_S = {"full": 20, "quick": 5}
@@ -83,8 +87,10 @@ def _fill(svc: Any, pipeline: str, topic: str, events: int, users: int,
 
 def _catch_up(svc: Any, pipeline: str, variant: str, topic: str, events: int,
               workdir: Path, mode: str, parallelism: int = 1,
-              params: tuple[str, str, int, str, int] | None = None) -> dict[str, Any]:
-    """Runs one variant (``params`` if given, else ``VARIANTS[variant]``) on a filled topic."""
+              params: tuple[str, str, int, str, int] | None = None,
+              job: tuple[str, str, tuple[str, ...]] | None = None) -> dict[str, Any]:
+    """Runs one variant (``params`` if given, else ``VARIANTS[variant]``) on a filled
+    topic; ``job`` = (module, step sampled, its flags) runs another job module."""
     engine, bundles, cache_mb, sizer, users = params or VARIANTS[variant]
     flags = [*service_args(svc, parallelism, CHECKPOINT_INTERVAL_MS, bundles),
              f"--topic={topic}",
@@ -92,17 +98,23 @@ def _catch_up(svc: Any, pipeline: str, variant: str, topic: str, events: int,
              f"--consumer_group=engine-{topic}-{time.monotonic_ns()}",
              f"--redis_url=redis://127.0.0.1:{svc.ports.redis}/0",
              f"--max_records={events}", "--run_timeout_s=900"]
-    if engine == "floor":
+    module, step = None, KEYED_STEP.get((pipeline, engine))
+    if job is not None:
+        module, step, more = job
+        flags += [f"--pipeline={pipeline}", *more]
+    elif engine == "floor":
+        module = "benchmarks.keyed_floor"
         flags.append(f"--pipeline={pipeline}")
     else:
         flags.append(f"--engine={engine}")
+    label = "-".join(a.split("=", 1)[1] for a in (job[2] if job else ())) or engine
     process = PipelineProcess(svc.ports.flink_rest, pipeline, flags, workdir,
-                              f"{topic}-{engine}-{bundles}-{cache_mb}-p{parallelism}",
-                              module="benchmarks.keyed_floor" if engine == "floor" else None)
+                              f"{topic}-{label}-{bundles}-{cache_mb}-p{parallelism}",
+                              module=module)
     try:
         jid = process.wait_running(300)
-        sampler = JobSampler(svc.ports.flink_rest, jid, KEYED_STEP[(pipeline, engine)],
-                             poll_s=1.0).start()
+        sampler = (DecodedSampler(svc.ports.flink_rest, jid) if step == DECODED
+                   else JobSampler(svc.ports.flink_rest, jid, step, poll_s=1.0)).start()
         deadline = time.monotonic() + 900
         t0 = None
         while True:
@@ -119,7 +131,11 @@ def _catch_up(svc: Any, pipeline: str, variant: str, topic: str, events: int,
         sampler.stop()
         per_subtask = sampler.subtask_records()
         t1 = sampler.records[-1][0]
-        rate = sampler.rate(t0, t1) if t0 is not None and t1 > t0 else None
+        warmed_up = t0 is not None and t1 > t0
+        if not warmed_up:
+            # Read before the warm-up ended: the slope from the 5% sample on.
+            t0 = next((t for t, n in sampler.records if n >= 0.05 * events), t1)
+        rate = sampler.rate(t0, t1) if t1 > t0 else None
         taken = (sampler.records_at(t1) or 0) - (sampler.records_at(t0) or 0) if rate else 0
     finally:
         process.kill()
@@ -127,7 +143,7 @@ def _catch_up(svc: Any, pipeline: str, variant: str, topic: str, events: int,
             "users": users, "events": events,
             "events_per_s": None if rate is None else round(rate),
             "seconds_measured": round(t1 - t0, 1) if rate else None,
-            "events_measured": taken, "parallelism": parallelism,
+            "events_measured": taken, "warmed_up": warmed_up, "parallelism": parallelism,
             "subtask_records": per_subtask}
 
 

@@ -20,6 +20,7 @@ import shutil
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -198,6 +199,46 @@ class JobSampler:
         """Checkpoints triggered in [t0, t1] (``time.time()``), oldest first."""
         return [c for _, c in sorted(self.checkpoints.items())
                 if t0 * 1000 <= (c["trigger_timestamp"] or 0) <= t1 * 1000]
+
+
+class DecodedSampler(JobSampler):
+    """Samples the events a job decoded (the decode stage's ``decode/events_valid``
+    counter, summed over subtasks) instead of records into a step: every event,
+    however the steps after the decoder are arranged. A Python step chained to
+    the source in Flink's graph receives nothing over the network, so no vertex
+    reports its input records; the counter counts the same for every job."""
+
+    COUNTER = "decode_events_valid"
+
+    def __init__(self, rest_port: int, jid: str, poll_s: float = 1.0) -> None:
+        super().__init__(rest_port, jid, "ReadEvents", poll_s)
+        self._metric: str | None = None
+
+    def _path(self) -> str:
+        return f"/jobs/{self._jid}/vertices/{self._vertex}"
+
+    def _metric_id(self) -> str:
+        if self._metric is None:
+            names = [m["id"] for m in _rest(self._rest_port, f"{self._path()}/metrics")]
+            found = sorted({n.split(".", 1)[1] for n in names if n.endswith(self.COUNTER)})
+            if not found:
+                raise RuntimeError(f"no {self.COUNTER} metric yet")
+            self._metric = found[0]
+        return self._metric
+
+    def records_in(self) -> int:
+        metric = urllib.parse.quote(self._metric_id(), safe="")
+        got = _rest(self._rest_port, f"{self._path()}/subtasks/metrics?get={metric}&agg=sum")
+        return int(float(got[0]["sum"])) if got else 0
+
+    def subtask_records(self) -> list[int]:
+        subtasks = _rest(self._rest_port, self._path())["subtasks"]
+        ids = ",".join(urllib.parse.quote(f"{t['subtask']}.{self._metric_id()}", safe="")
+                       for t in subtasks)
+        got = {m["id"]: m["value"] for m in _rest(self._rest_port,
+                                                  f"{self._path()}/metrics?get={ids}")}
+        return [int(float(got.get(f"{t['subtask']}.{self._metric_id()}", 0)))
+                for t in subtasks]
 
 
 class FeatureJob:

@@ -491,7 +491,25 @@ def _engine(data: dict[str, Any]) -> list[str]:
             f"{params['warm_up_s']} s after the keyed step took 5% of the backlog, for "
             f"{params['measure_s']} s (or to 95% of the backlog); per pipeline the runs "
             f"went in this order: {', '.join(params['order'])}.", ""]
-    return out
+
+    def users(ax: Any) -> None:
+        # The variants that differ only in the number of distinct users.
+        same = [v for v, p in params["variants"].items()
+                if p[0] == "fused" and p[1] == "catch_up" and p[3] == "estimate"]
+        for pipeline in data["summary"]:
+            pts = sorted((r["users"], r["events_per_s"]) for r in data["runs"]
+                         if r["pipeline"] == pipeline and r["variant"] in same
+                         and r["events_per_s"])
+            if pts:
+                ax.plot(*zip(*pts, strict=True), marker="o", label=pipeline)
+        ax.set_xscale("log")
+        ax.set_xlabel("distinct users in the backlog")
+        ax.set_ylabel("events/s (catch-up)")
+        ax.set_ylim(bottom=0)
+        ax.set_title("Fused engine, catch_up bundles, state cache: events/s vs users")
+        ax.legend(fontsize=8)
+
+    return [*out, _plot("engine_users", users), ""]
 
 
 def _hotkeys(data: dict[str, Any]) -> list[str]:
@@ -503,6 +521,22 @@ def _hotkeys(data: dict[str, Any]) -> list[str]:
                    f"| {max(r['subtask_shares']):.0%} |")
     return [*out, "", f"{_n(data['params']['events'])} events in each backlog; "
             f"{data['params']['variant']}.", ""]
+
+
+def _routes(data: dict[str, Any]) -> list[str]:
+    out = ["| pipeline | window kind | stateful stage events/s | Beam windowing events/s "
+           "| windowing / stateful |", "|---|---|---:|---:|---:|"]
+    kinds = list(dict.fromkeys((r["pipeline"], r["kind"]) for r in data["runs"]))
+    for pipeline, kind in kinds:
+        rate = {r["route"]: r["events_per_s"] for r in data["runs"]
+                if r["pipeline"] == pipeline and r["kind"] == kind}
+        s, w = rate.get("stateful"), rate.get("windowed")
+        out.append(f"| {pipeline} | {kind} | {_n(s)} | {_n(w)} "
+                   f"| {_ratio(w / s if s and w else None)} |")
+    failed = [f"{r['pipeline']} {r['kind']} {r['route']}: {r['error']}"
+              for r in data["runs"] if r.get("error")]
+    return [*out, "", f"{_n(data['params']['events'])} events in each backlog."
+            + (" Failed: " + "; ".join(failed) if failed else ""), ""]
 
 
 def _peers(data: dict[str, Any]) -> list[str]:
@@ -532,7 +566,7 @@ def _peers(data: dict[str, Any]) -> list[str]:
 
 RENDERERS: dict[str, Renderer] = {"transform": _transform, "sink": _sink, "state": _state,
                                   "serving": _serving, "e2e": _e2e, "rocksdb": _rocksdb,
-                                  "engine": _engine, "hotkeys": _hotkeys,
+                                  "engine": _engine, "hotkeys": _hotkeys, "routes": _routes,
                                   "peers": _peers}
 
 

@@ -6,7 +6,7 @@
 #       sql/    Flink SQL Kafka connector 3.2.0-1.19 (the Flink SQL peer)
 #   - the Flink 1.19.0 distribution (bundled in the apache-flink wheel) in a
 #     separate venv $RTF_CACHE/flink-venv (never the project venv: it pins an old Beam),
-#     with py4j for PyFlink's Table API client
+#     with py4j and ruamel.yaml for PyFlink's Table API client
 #   - redis-server (Debian package), Java 17 and Maven if missing
 # A warm machine returns in well under a second (stamp files).
 set -euo pipefail
@@ -61,10 +61,12 @@ if [ ! -f "$FLINK_STAMP" ]; then
   log "flink: $(du -sh "$FLINK_VENV" | cut -f1) in $(( $(date +%s) - start ))s"
 fi
 
-# PyFlink's Table API client (the benchmarks' Flink SQL peer) needs only py4j:
-# the wheel's other requirements pin an old Beam and serve Python UDFs, unused.
-if ! "$FLINK_VENV/bin/python" -c "import py4j" 2>/dev/null; then
-  "$FLINK_VENV/bin/pip" install -q --disable-pip-version-check --no-deps "py4j==0.10.9.7"
+# PyFlink's Table API client (the benchmarks' Flink SQL peer) needs only py4j and
+# ruamel.yaml (it reads the Flink config): the wheel's other requirements pin an
+# old Beam and serve Python UDFs, unused.
+if ! "$FLINK_VENV/bin/python" -c "import py4j, ruamel.yaml" 2>/dev/null; then
+  "$FLINK_VENV/bin/pip" install -q --disable-pip-version-check "py4j==0.10.9.7" \
+    "ruamel.yaml==0.18.6"
 fi
 
 log "runtime ready in $RTF_CACHE"

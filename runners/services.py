@@ -48,6 +48,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from runners.ports import free_port
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SERVICE_ORDER: tuple[str, ...] = ("kafka", "redis", "flink", "expansion", "jobserver")
 FLINK_VERSION = "1.19.0"
@@ -113,13 +115,6 @@ def _classpath(jar_dir: Path) -> str:
 
 
 # --------------------------------------------------------------------------- ports
-
-
-def free_port() -> int:
-    """A TCP port that is free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _env_port(name: str, default: int) -> int:

@@ -4,9 +4,10 @@
         --bootstrap_servers=localhost:9092 --topic=user-events-json \\
         (--output_topic=peer-features | --collect) [--bounded]
 
-Runs with the Flink venv's Python (PyFlink 1.19's Table API; only py4j is
-installed beside it) and submits to a running Flink cluster through its REST
-port, with Flink SQL's Kafka connector from Maven (``$RTF_CACHE/jars/sql``).
+Runs with the Flink venv's Python (PyFlink 1.19's Table API; only py4j and
+ruamel.yaml are installed beside it) and submits to a running Flink cluster
+through its REST port, with Flink SQL's Kafka connector from Maven
+(``$RTF_CACHE/jars/sql``).
 It imports nothing from the project: the Flink venv has none of its packages.
 
 The events are UserInteractionEvent records as JSON (a malformed record is

@@ -39,29 +39,12 @@ from pipelines.catalogue import PIPELINES
 from pipelines.produce import SCHEMA_FILES
 from transforms.decode import EventSchema, InvalidEvent, SchemaCatalogue, decode_confluent
 from transforms.engine import EngineSettings, FeatureEngine
+from transforms.fused import _CellState
 from transforms.merge import merge_updates
 from transforms.model import FeatureUpdate
 from transforms.redis_sink import RedisSinkConfig, RedisWriter
 
 _END_OF_TIME = Timestamp.of(2**62 // 10**6).micros  # beyond every timer the parts set
-
-
-class _Cell:
-    """A key's state cell held in a dict (what ``ReadModifyWriteState`` is to Flink)."""
-
-    __slots__ = ("_store", "_key")
-
-    def __init__(self, store: dict[str, Any], key: str) -> None:
-        self._store, self._key = store, key
-
-    def read(self) -> Any:
-        return self._store.get(self._key)
-
-    def write(self, value: Any) -> None:
-        self._store[self._key] = value
-
-    def clear(self) -> None:
-        self._store.pop(self._key, None)
 
 
 class _Timers:
@@ -103,7 +86,7 @@ class InMemoryEngine:
                 into.append(out)
 
     def process(self, key: str, event: dict[str, Any], into: list[FeatureUpdate]) -> None:
-        self._keep(self._fn.process((key, event), cell_state=_Cell(self.state, key),
+        self._keep(self._fn.process((key, event), cell_state=_CellState(self.state, key),
                                     fire=_Timers(self, key)), into)
 
     def advance(self, watermark_micros: int, into: list[FeatureUpdate]) -> None:
@@ -115,7 +98,7 @@ class InMemoryEngine:
                 continue  # cleared since it was queued
             times.discard(micros)
             self._keep(self._fn._fire(key=key, fired=Timestamp(micros=micros),
-                                      cell_state=_Cell(self.state, key),
+                                      cell_state=_CellState(self.state, key),
                                       fire=_Timers(self, key)) or (), into)
 
 

@@ -6,8 +6,9 @@
 A ``confluent_kafka`` consumer reads the topic the pipelines read (Confluent
 Avro records), decodes each with the product's decoder, and hands it to the
 product's fused feature DoFn (``FeatureEngine.fused_fns``: the very code the
-fused Flink stage runs) with its state in a Python dict instead of Flink's
-state backend and its timers in a heap instead of Flink's timer service.
+fused Flink stage runs) on ``transforms.replay.InMemoryEngine``: its state in a
+Python dict instead of Flink's state backend and its timers in a heap instead
+of Flink's timer service.
 After each polled batch the watermark moves to the oldest of the partitions'
 newest record timestamps, due timers fire in time order, and the batch's
 updates, coalesced per entity and feature as the sink's guard would keep
@@ -25,81 +26,20 @@ events/s from the first record to the last.
 from __future__ import annotations
 
 import argparse
-import heapq
 import json
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
-
-from apache_beam import pvalue
-from apache_beam.utils.timestamp import Timestamp
 
 from pipelines.catalogue import PIPELINES
 from pipelines.produce import SCHEMA_FILES
 from transforms.decode import EventSchema, InvalidEvent, SchemaCatalogue, decode_confluent
 from transforms.engine import EngineSettings, FeatureEngine
-from transforms.fused import _CellState
 from transforms.merge import merge_updates
 from transforms.model import FeatureUpdate
 from transforms.redis_sink import RedisSinkConfig, RedisWriter
-
-_END_OF_TIME = Timestamp.of(2**62 // 10**6).micros  # beyond every timer the parts set
-
-
-class _Timers:
-    """A key's watermark timers (tagged by time), queued in one shared heap."""
-
-    __slots__ = ("_owner", "_key")
-
-    def __init__(self, owner: InMemoryEngine, key: str) -> None:
-        self._owner, self._key = owner, key
-
-    def set(self, ts: Timestamp, dynamic_timer_tag: str = "") -> None:
-        micros = Timestamp.of(ts).micros
-        times = self._owner.timers.setdefault(self._key, set())
-        if micros not in times:
-            times.add(micros)
-            heapq.heappush(self._owner.heap, (micros, self._key))
-
-    def clear(self, dynamic_timer_tag: str = "") -> None:
-        times = self._owner.timers.get(self._key)
-        if times:
-            times.discard(int(dynamic_timer_tag))
-
-
-class InMemoryEngine:
-    """One entity's fused feature DoFn run on in-memory state and timers."""
-
-    def __init__(self, fn: Any) -> None:
-        self._fn = fn
-        self.state: dict[str, Any] = {}
-        self.timers: dict[str, set[int]] = {}
-        self.heap: list[tuple[int, str]] = []
-        self.late = 0
-
-    def _keep(self, outputs: Iterable[Any], into: list[FeatureUpdate]) -> None:
-        for out in outputs:
-            if isinstance(out, pvalue.TaggedOutput):
-                self.late += 1
-            else:
-                into.append(out)
-
-    def process(self, key: str, event: dict[str, Any], into: list[FeatureUpdate]) -> None:
-        self._keep(self._fn.process((key, event), cell_state=_CellState(self.state, key),
-                                    fire=_Timers(self, key)), into)
-
-    def advance(self, watermark_micros: int, into: list[FeatureUpdate]) -> None:
-        """Fires every timer at or before the watermark, oldest first."""
-        while self.heap and self.heap[0][0] <= watermark_micros:
-            micros, key = heapq.heappop(self.heap)
-            times = self.timers.get(key)
-            if not times or micros not in times:
-                continue  # cleared since it was queued
-            times.discard(micros)
-            self._keep(self._fn._fire(key=key, fired=Timestamp(micros=micros),
-                                      cell_state=_CellState(self.state, key),
-                                      fire=_Timers(self, key)) or (), into)
+from transforms.replay import END_OF_TIME_MICROS, InMemoryEngine
 
 
 def consume(pipeline: str, bootstrap_servers: str, topic: str, redis_url: str,
@@ -112,7 +52,7 @@ def consume(pipeline: str, bootstrap_servers: str, topic: str, redis_url: str,
     entity = features[0].entity
     fns = FeatureEngine(features, EngineSettings(watermark_delay_ms=watermark_delay_ms),
                         pipeline).fused_fns()
-    engine = InMemoryEngine(fns[entity])
+    engine = InMemoryEngine(fns[entity], features[0].time_field)
     schema, catalogue = EventSchema(SCHEMA_FILES[pipeline]), SchemaCatalogue()
     writer = RedisWriter(RedisSinkConfig(url=redis_url, batch_size=500))
     consumer = Consumer({"bootstrap.servers": bootstrap_servers,
@@ -151,7 +91,7 @@ def consume(pipeline: str, bootstrap_servers: str, topic: str, redis_url: str,
             written += len(vectors)
             last = time.perf_counter()
         tail: list[FeatureUpdate] = []
-        engine.advance(_END_OF_TIME, tail)
+        engine.advance(END_OF_TIME_MICROS, tail)
         vectors = merge_updates(tail)
         rejected += writer.write(vectors)
         written += len(vectors)

@@ -46,7 +46,7 @@ FeatureGraph = Callable[[beam.PCollection, FeatureOptions],
                         tuple[list[beam.PCollection], list[beam.PCollection]]]
 
 
-def _write_lines(pcoll: beam.PCollection, path: str, label: str) -> None:
+def write_lines(pcoll: beam.PCollection, path: str, label: str) -> None:
     """Writes JSON lines: exactly ``path`` for a bounded input; appended for a stream."""
     if pcoll.is_bounded:
         (pcoll
@@ -81,7 +81,7 @@ def build(pipeline: beam.Pipeline, options: FeatureOptions, schema: EventSchema,
     all_updates = updates | "FlattenUpdates" >> beam.Flatten().with_output_types(FeatureUpdate)
 
     if options.dead_letter:
-        _write_lines(decoded[DEAD], options.dead_letter, "DeadLetters")
+        write_lines(decoded[DEAD], options.dead_letter, "DeadLetters")
     if options.dead_letter_topic:
         from pipelines.kafka_source import WriteLinesToKafka
 
@@ -92,13 +92,13 @@ def build(pipeline: beam.Pipeline, options: FeatureOptions, schema: EventSchema,
     if late and (options.late_output or options.late_topic):
         late_events = late | "FlattenLate" >> beam.Flatten()
         if options.late_output:
-            _write_lines(late_events, options.late_output, "LateEvents")
+            write_lines(late_events, options.late_output, "LateEvents")
         if options.late_topic:
             from pipelines.kafka_source import WriteLinesToKafka
 
             late_events | "LateToKafka" >> WriteLinesToKafka(options, options.late_topic)
     if options.feature_log:
-        _write_lines(all_updates, options.feature_log, "FeatureLog")
+        write_lines(all_updates, options.feature_log, "FeatureLog")
     if options.redis_url:
         config = RedisSinkConfig(
             url=options.redis_url, layout=options.redis_layout, prefix=options.redis_prefix,

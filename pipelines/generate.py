@@ -58,6 +58,9 @@ class StreamSpec:
         start_ms: event time of the first event (``live_spec`` sets it to now).
         hot_share: share of all events sent by one user, ``u0000``, on top of
             the Zipf draw (0: none; 0.5: a user sending half of all events).
+        entity_order: each user's own events arrive in event-time order; the
+            disorder is only between users (a stream whose per-entity order a
+            partitioned source keeps).
     """
 
     events: int = 2_000
@@ -70,6 +73,7 @@ class StreamSpec:
     seed: int = 7
     start_ms: int = START_MS
     hot_share: float = 0.0
+    entity_order: bool = False
 
 
 def live_spec(spec: StreamSpec) -> StreamSpec:
@@ -86,6 +90,21 @@ def _pick(rng: random.Random, table: tuple[tuple[str, float], ...]) -> str:
 
 def _arrivals(spec: StreamSpec) -> Iterator[tuple[random.Random, str, int]]:
     """Yields (rng, user, event time) in arrival order."""
+    if not spec.entity_order:
+        yield from _drawn(spec)
+        return
+    drawn = [(rng, user, ts) for rng, user, ts in _drawn(spec)]
+    # Each user's times, sorted, in the arrival slots that user had.
+    times: dict[str, list[int]] = {}
+    for _, user, ts in drawn:
+        times.setdefault(user, []).append(ts)
+    for user_times in times.values():
+        user_times.sort(reverse=True)
+    for rng, user, _ in drawn:
+        yield rng, user, times[user].pop()
+
+
+def _drawn(spec: StreamSpec) -> Iterator[tuple[random.Random, str, int]]:
     rng = random.Random(spec.seed)
     # Cumulative once: ``choices(weights=...)`` would re-add them for every event
     # (O(users) each); the draws are the same.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from apache_beam.options.pipeline_options import KafkaStreamsRunnerOptions, PipelineOptions
 
 from transforms.engine import ENGINES, EngineSettings
@@ -14,76 +16,84 @@ class FeatureOptions(PipelineOptions):
     def _add_argparse_args(cls, parser) -> None:  # noqa: ANN001 (Beam's signature)
         src = parser.add_argument_group("input")
         src.add_argument("--input", default=None,
-                         help="bounded replay: JSON lines, or Avro if it ends in .avro "
+                          help="bounded replay: JSON lines, or Avro if it ends in .avro "
                               "(any Beam filesystem path, e.g. gs://)")
         # --bootstrap_servers is Beam's own flag (KafkaStreamsRunnerOptions,
         # default localhost:9092); see bootstrap_servers() below.
         src.add_argument("--topic", default=None,
-                         help="Kafka topic of events; with --bootstrap_servers reads Kafka")
+                          help="Kafka topic of events; with --bootstrap_servers reads Kafka")
         src.add_argument("--expansion_service", default="localhost:8097",
-                         help="host:port of the Java expansion service for KafkaIO")
+                          help="host:port of the Java expansion service for KafkaIO")
         src.add_argument("--consumer_group", default=None,
-                         help="Kafka consumer group (default rtfeatures-<record name>)")
+                          help="Kafka consumer group (default rtfeatures-<record name>)")
         src.add_argument("--kafka_config", default=None,
-                         help="extra Kafka client settings, JSON or @file (SASL/SSL); "
+                          help="extra Kafka client settings, JSON or @file (SASL/SSL); "
                               "never logged")
         src.add_argument("--run_timeout_s", type=float, default=1800,
-                         help="with --max_records: give up (and cancel) after this long")
+                          help="with --max_records: give up (and cancel) after this long")
         src.add_argument("--stop_at_watermark_ms", type=int, default=None,
-                         help="with --max_records: also wait until the job's watermark "
+                          help="with --max_records: also wait until the job's watermark "
                               "reaches this event time (default: the wall clock - 60 s)")
         src.add_argument("--max_records", type=int, default=None,
-                         help="stop after this many Kafka records (a bounded run)")
+                          help="stop after this many Kafka records (a bounded run)")
         src.add_argument("--schema_registry_url", default=None,
-                         help="Confluent schema registry; default: schemas/catalogue.json")
+                          help="Confluent schema registry; default: schemas/catalogue.json")
         src.add_argument("--reader_schema", default=None,
-                         help="reader schema file in schemas/ (default per pipeline)")
+                          help="reader schema file in schemas/ (default per pipeline)")
 
         out = parser.add_argument_group("outputs")
         out.add_argument("--redis_url", default=None,
-                         help="redis://[:password@]host:port/db (rediss:// for TLS)")
+                          help="redis://[:password@]host:port/db (rediss:// for TLS)")
         out.add_argument("--redis_prefix", default="features", help="hash key prefix")
         out.add_argument("--redis_layout", default="hash", choices=("hash", "seed", "both"))
         out.add_argument("--redis_key_ttl_s", type=float, default=None,
-                         help="expire an entity's hash after this long without writes")
+                          help="expire an entity's hash after this long without writes")
         out.add_argument("--redis_batch_size", type=int, default=100)
         out.add_argument("--redis_flush_ms", type=int, default=1000)
         out.add_argument("--feature_log", default=None,
-                         help="file of every feature update, one JSON line each")
+                          help="file of every feature update, one JSON line each")
         out.add_argument("--dead_letter", default=None,
-                         help="file of bad inputs, one JSON line each (payload + reason)")
+                          help="file of bad inputs, one JSON line each (payload + reason)")
         out.add_argument("--late_output", default=None,
-                         help="file of events too late for a feature, one JSON line each")
+                          help="file of events too late for a feature, one JSON line each")
         out.add_argument("--dead_letter_topic", default=None,
-                         help="Kafka topic for dead letters (JSON values)")
+                          help="Kafka topic for dead letters (JSON values)")
         out.add_argument("--late_topic", default=None,
-                         help="Kafka topic for too-late events (JSON values)")
+                          help="Kafka topic for too-late events (JSON values)")
 
-        feat = parser.add_argument_group("features")
-        feat.add_argument("--allowed_lateness_ms", type=int, default=None,
-                          help="override every feature's declared allowed lateness")
-        feat.add_argument("--max_out_of_orderness_ms", type=int, default=10_000,
-                          help="bounded out-of-orderness: features treat the watermark "
-                               "as this much earlier (Kafka's CreateTime watermark has none)")
-        feat.add_argument("--state_ttl_s", type=float, default=None,
-                          help="clear lifetime state of keys idle this long (event time); "
-                               "overrides the declared TTL")
-        feat.add_argument("--tile_ms", type=int, default=None,
-                          help="tile size of every sliding feature (divides each window; "
-                               "default: the declared tiles)")
-        feat.add_argument("--no_early_firings", action="store_true",
-                          help="no speculative window values before the watermark")
-        feat.add_argument("--engine", default="fused", choices=ENGINES,
-                          help="fused: one keyed stage for all of an entity's features (one "
-                               "state cell and one timer family per key); stages: a keyed "
-                               "stage per feature group (restores savepoints taken by it)")
+        add_feature_arguments(parser.add_argument_group("features"))
 
 
-def engine_settings(options: FeatureOptions, step_names: dict[str, str] | None = None
+def add_feature_arguments(group: Any, engine: bool = True) -> None:
+    """The flags that change what features compute: an online run and a training
+    set over the same events agree only when they are given the same ones."""
+    group.add_argument("--allowed_lateness_ms", type=int, default=None,
+                       help="override every feature's declared allowed lateness")
+    group.add_argument("--max_out_of_orderness_ms", type=int, default=10_000,
+                       help="bounded out-of-orderness: features treat the watermark "
+                            "as this much earlier (Kafka's CreateTime watermark has none)")
+    group.add_argument("--state_ttl_s", type=float, default=None,
+                       help="clear lifetime state of keys idle this long (event time); "
+                            "overrides the declared TTL")
+    group.add_argument("--tile_ms", type=int, default=None,
+                       help="tile size of every sliding feature (divides each window; "
+                            "default: the declared tiles)")
+    group.add_argument("--no_early_firings", action="store_true",
+                       help="no speculative window values before the watermark")
+    if engine:
+        group.add_argument("--engine", default="fused", choices=ENGINES,
+                           help="fused: one keyed stage for all of an entity's features (one "
+                                "state cell and one timer family per key); stages: a keyed "
+                                "stage per feature group (restores savepoints taken by it)")
+
+
+def engine_settings(options: PipelineOptions, step_names: dict[str, str] | None = None
                     ) -> EngineSettings:
-    """The command line's overrides of the declarations, for ``transforms.engine``."""
+    """The command line's overrides of the declarations, for ``transforms.engine``
+    (options given ``add_feature_arguments``; without ``--engine``: fused)."""
     return EngineSettings(
-        engine=options.engine, watermark_delay_ms=options.max_out_of_orderness_ms,
+        engine=getattr(options, "engine", "fused"),
+        watermark_delay_ms=options.max_out_of_orderness_ms,
         allowed_lateness_ms=options.allowed_lateness_ms, tile_ms=options.tile_ms,
         state_ttl_s=options.state_ttl_s, early_firings=not options.no_early_firings,
         step_names=dict(step_names or {}))

@@ -406,10 +406,17 @@ class _ReadAvroFileFn(beam.DoFn):
             index += 1
 
 
-class ReadEvents(beam.PTransform):
-    """A bounded replay of an event file: JSON lines, or Avro if it ends in ``.avro``.
+def _matching_files(pattern: str) -> list[str]:
+    """The files a path or glob names (a path that matches nothing stays, so
+    reading it reports it missing)."""
+    paths = sorted(m.path for m in filesystems.FileSystems.match([pattern])[0].metadata_list)
+    return paths or [pattern]
 
-    Paths go through Beam's filesystems, so ``gs://`` works. Outputs tagged
+
+class ReadEvents(beam.PTransform):
+    """A bounded replay of event files: JSON lines, or Avro if it ends in ``.avro``.
+
+    Paths and globs go through Beam's filesystems, so ``gs://`` works. Outputs tagged
     ``events`` and ``dead``.
     """
 
@@ -421,7 +428,8 @@ class ReadEvents(beam.PTransform):
     def expand(self, pbegin: beam.pvalue.PBegin) -> pvalue.DoOutputsTuple:
         if self._path.endswith(".avro"):
             return (pbegin
-                    | "ListAvroFiles" >> beam.Create([self._path])
+                    | "AvroPattern" >> beam.Create([self._path])
+                    | "ListAvroFiles" >> beam.FlatMap(_matching_files)
                     | "ReadAvro" >> beam.ParDo(_ReadAvroFileFn(self._schema)).with_outputs(
                         DEAD, main=EVENTS))
         lines = pbegin | "ReadLines" >> beam.io.ReadFromText(self._path)

@@ -12,12 +12,18 @@ timestamp, so each part computes what it computes as a stage of its own.
 
 A part is ``(label, dofn, where)``: ``where`` picks the events it sees (the
 filter step that would stand before its own stage).
+
+Every update leaves the stage stamped with when it became visible in event
+time (``visible_ms``: the key's newest event time processed so far, or the
+time of the timer that emitted it) and its place in the key's emission order
+(``seq``): what the feature log needs to say, for any event time T, which
+value the online store held for the key once its events up to T were in.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import apache_beam as beam
@@ -36,9 +42,13 @@ from transforms.late import LATE
 from transforms.model import FeatureUpdate
 from transforms.state_layout import StateLayout
 
-# The cell: {"<part>/<state>": that state's value, "_t": {"<part>/<timer>": [times]}}
+# The cell: {"<part>/<state>": that state's value, "_t": {"<part>/<timer>": [times]},
+#            "_s": the key's newest event time (ms), "_n": its next update's seq}
 LAYOUT = StateLayout("FusedFeatures")  # version 1: see transforms/state_layout.py
 _TIMERS = "_t"
+_SEEN = "_s"
+_SEQ = "_n"
+_BOOKKEEPING = frozenset((_TIMERS, _SEEN, _SEQ, "_v"))
 
 Part = tuple[str, DoFn, Callable[[dict[str, Any]], bool] | None]
 
@@ -184,15 +194,33 @@ class _FusedFn(beam.DoFn):
         for micros in before - after:
             fire.clear(dynamic_timer_tag=str(micros))
 
+    @staticmethod
+    def _stamped(outputs: Iterable[Any], cell: dict[str, Any], visible_ms: int
+                 ) -> Iterator[Any]:
+        """The updates of ``outputs`` with ``visible_ms`` and the key's next seqs."""
+        seq = cell.get(_SEQ, 0)
+        for out in outputs:
+            if type(out) is FeatureUpdate:
+                out = out._replace(visible_ms=visible_ms, seq=seq)
+                seq += 1
+            yield out
+        cell[_SEQ] = seq
+
     def process(self, kv: tuple[str, dict[str, Any]],
+                timestamp=beam.DoFn.TimestampParam,
                 cell_state=beam.DoFn.StateParam(CELL),
                 fire=beam.DoFn.TimerParam(FIRE)) -> Iterator[Any]:
         event = kv[1]
         cell = LAYOUT.read(cell_state) or LAYOUT.new()
         before = self._armed(cell)
+        seen = timestamp.micros // 1000
+        if _SEEN in cell and cell[_SEEN] > seen:
+            seen = cell[_SEEN]
+        cell[_SEEN] = seen
         for part in self._parts:
             if part.where is None or part.where(event):
-                yield from part.fn.process(kv, **part.kwargs(part.process_params, cell))
+                yield from self._stamped(
+                    part.fn.process(kv, **part.kwargs(part.process_params, cell)), cell, seen)
         self._sync_timers(fire, before, self._armed(cell))
         cell_state.write(cell)
 
@@ -215,9 +243,10 @@ class _FusedFn(beam.DoFn):
                 if not times:
                     del timers[name]
                 kwargs = part.kwargs(params, cell, key, fired)
-                yield from callback(part.fn, **kwargs) or ()
+                yield from self._stamped(callback(part.fn, **kwargs) or (), cell,
+                                         micros // 1000)
         self._sync_timers(fire, before, self._armed(cell))
-        if any(k != _TIMERS and k != "_v" for k in cell) or cell.get(_TIMERS):
+        if any(k not in _BOOKKEEPING for k in cell) or cell.get(_TIMERS):
             cell_state.write(cell)
         else:
             cell_state.clear()

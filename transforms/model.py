@@ -28,6 +28,11 @@ class FeatureUpdate(NamedTuple):
         as_of_ms: event time (epoch ms) the value is correct for.
         final: False for speculative emissions made before the watermark
             passed ``as_of_ms``; True once it has (late repairs are final too).
+        visible_ms: the event time at which the update became visible: the
+            newest event time of its entity processed so far, or the time of
+            the timer that emitted it (None where the stage does not record it).
+        seq: the update's place among its entity's updates, in emission order
+            (None where the stage does not record it).
     """
 
     entity_type: str
@@ -36,6 +41,8 @@ class FeatureUpdate(NamedTuple):
     value: FeatureValue
     as_of_ms: int
     final: bool
+    visible_ms: int | None = None
+    seq: int | None = None
 
     def newer_than(self, other: FeatureUpdate) -> bool:
         """Whether this update may replace ``other`` (the sink's guard rule).
@@ -48,18 +55,19 @@ class FeatureUpdate(NamedTuple):
         return self.final or not other.final
 
     def to_json(self) -> str:
-        """One feature-log line."""
-        return json.dumps(
-            {
-                "entity_type": self.entity_type,
-                "entity_id": self.entity_id,
-                "feature": self.feature,
-                "value": self.value,
-                "as_of_ms": self.as_of_ms,
-                "final": self.final,
-            },
-            sort_keys=True,
-        )
+        """One feature-log line (``visible_ms`` and ``seq`` when recorded)."""
+        line = {
+            "entity_type": self.entity_type,
+            "entity_id": self.entity_id,
+            "feature": self.feature,
+            "value": self.value,
+            "as_of_ms": self.as_of_ms,
+            "final": self.final,
+        }
+        if self.visible_ms is not None:
+            line["visible_ms"] = self.visible_ms
+            line["seq"] = self.seq
+        return json.dumps(line, sort_keys=True)
 
 
 class FeatureVector(NamedTuple):

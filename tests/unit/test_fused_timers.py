@@ -42,7 +42,8 @@ def _ms(*times: int) -> set[int]:
 
 def _run(fn: _FusedFn, cell: Cell, timer: _RunnerTimer, ts: int) -> list[Any]:
     event = {"userId": "u", "eventTimestamp": ts, "eventType": "click", "eventValue": 1.0}
-    return list(fn.process(("u", event), cell_state=cell, fire=timer))
+    return list(fn.process(("u", event), timestamp=Timestamp(micros=ts * 1000),
+                           cell_state=cell, fire=timer))
 
 
 def _fire(fn: _FusedFn, cell: Cell, timer: _RunnerTimer, at_ms: int) -> list[Any]:

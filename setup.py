@@ -17,7 +17,9 @@ setup(
         "fastavro>=1.9,<2",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout>=2", "hypothesis>=6", "ruff>=0.6"],
+        # gcp-storage-emulator: the local GCS server the gs:// tests read and write.
+        "test": ["pytest>=8", "pytest-timeout>=2", "hypothesis>=6", "ruff>=0.6",
+                 "gcp-storage-emulator>=2024.8"],
         # benchmarks/ (make bench): plots; profiles use the stdlib's cProfile.
         "bench": ["matplotlib>=3.8,<4"],
     },

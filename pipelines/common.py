@@ -18,6 +18,7 @@ from apache_beam.options.pipeline_options import (
 )
 
 from pipelines.options import FeatureOptions
+from pipelines.storage import use_emulator_if_set
 from runners import state_cache
 from runners.direct import apply_direct_preset
 from runners.flink import (
@@ -121,6 +122,7 @@ def run(argv: Sequence[str] | None, schema_file: str, features: FeatureGraph,
     to Redis and checkpointed). The summary names the job (``flink.job_id``,
     ``flink.job_name``).
     """
+    use_emulator_if_set()
     argv = with_flink_defaults(list(argv or []))
     options = PipelineOptions(argv)
     options.view_as(SetupOptions).save_main_session = False

@@ -41,6 +41,7 @@ from pipelines.labels import (
     parse_row,
     read_rows,
 )
+from pipelines.storage import use_emulator_if_set
 from pipelines.training_set import AS_OF, IS_DEFAULT
 from transforms.declarations import Feature
 from transforms.model import FeatureUpdate, decode_value
@@ -176,6 +177,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--fail_on_skew", action="store_true",
                         help="exit 1 when a row differs")
     args = parser.parse_args(argv)
+    use_emulator_if_set()
     names = [n.strip() for n in args.features.split(",")] if args.features else None
     summary, differing = compare(args.pipeline, args.feature_log, args.labels,
                                  args.training_set, names, args.entity_column,

@@ -3,9 +3,7 @@ point-in-time reference, and skew measured against online runs of the same event
 
 from __future__ import annotations
 
-import csv
 import json
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -22,67 +20,17 @@ from pipelines.catalogue import PIPELINES
 from pipelines.generate import MALFORMED, StreamSpec, generate, write_jsonl
 from tests import point_in_time_reference as reference
 from tests.helpers import run_stream, stream_of
+from tests.training import (
+    ORDERED,
+    assert_matches_reference,
+    iso,
+    label_rows,
+    run_module,
+    write_csv,
+)
 from transforms.engine import EngineSettings, FeatureEngine
 
 ROOT = Path(__file__).resolve().parents[2]
-# Disorder within the 10-s watermark bound, and each user's events in order.
-ORDERED = StreamSpec(events=1500, users=40, seed=23, disorder_ms=5_000, late_fraction=0.0,
-                     entity_order=True)
-REFERENCE = {"user": reference.user_at, "ride": reference.ride_at}
-
-
-def run_module(module: str, *args: str) -> dict[str, Any]:
-    done = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def label_rows(events: list[dict[str, Any]], n: int, seed: int) -> list[dict[str, Any]]:
-    """Label rows of known and unknown users, at random times, at event times
-    exactly and one millisecond before them."""
-    rng = random.Random(seed)
-    t0 = min(e["eventTimestamp"] for e in events)
-    t1 = max(e["eventTimestamp"] for e in events)
-    rows = []
-    for i in range(n):
-        pick = rng.random()
-        if pick < 0.3:
-            e = rng.choice(events)
-            user, at = e["userId"], e["eventTimestamp"] - (1 if pick < 0.15 else 0)
-        else:
-            user, at = f"u{rng.randrange(45):04d}", rng.randint(t0 - 60_000, t1 + 90_000_000)
-        rows.append({"entity_id": user, "timestamp": at, "label": i % 2,
-                     "weight": round(rng.random(), 3)})
-    return rows
-
-
-def write_csv(path: Path, rows: list[dict[str, Any]], bad: bool = True) -> None:
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["entity_id", "timestamp", "label", "weight"])
-        w.writeheader()
-        w.writerows(rows)
-        if bad:
-            w.writerow({"entity_id": "", "timestamp": 1, "label": 0, "weight": 1})
-            w.writerow({"entity_id": "u0001", "timestamp": "last tuesday", "label": 0,
-                        "weight": 1})
-
-
-def assert_matches_reference(pipeline: str, table: pa.Table, labels: list[dict[str, Any]],
-                             events: list[dict[str, Any]], at_ms: Any = int,
-                             delay_ms: int = 10_000) -> None:
-    rows = table.to_pylist()
-    assert len(rows) == len(labels)
-    for label, row in zip(labels, rows, strict=True):
-        at = at_ms(label["timestamp"])
-        kwargs = {"delay_ms": delay_ms} if pipeline == "ride" else {}
-        expected = REFERENCE[pipeline](events, str(label["entity_id"]), at, **kwargs)
-        for feature, (value, as_of, is_default) in expected.items():
-            got = row[feature]
-            if isinstance(value, dict):
-                got = json.loads(got)
-            assert (got, row[feature + "__as_of_ms"], row[feature + "__is_default"]) == (
-                value, as_of, is_default), (label, feature)
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +74,7 @@ def test_user_training_set_from_csv_labels_matches_reference(streams, tmp_path):
 def test_ride_training_set_from_parquet_iso_labels_matches_reference(streams, tmp_path):
     path, events = streams["ride"]
     labels = label_rows(events, 300, seed=2)
-    iso = [{**r, "timestamp": _iso(r["timestamp"])} for r in labels]
+    iso = [{**r, "timestamp": iso(r["timestamp"])} for r in labels]
     pq.write_table(pa.Table.from_pylist(iso, schema=pa.schema(
         [("entity_id", pa.string()), ("timestamp", pa.string()), ("label", pa.int64()),
          ("weight", pa.float64())])), tmp_path / "labels.parquet")
@@ -248,9 +196,3 @@ def test_events_beyond_the_allowed_lateness_show_as_skew(tmp_path):
     # and some are rows a dropped event would have changed.
     assert any(d["userId"] == cell["entity"] and d["eventTimestamp"] <= cell["at_ms"]
                for cell in differing for d in dropped)
-
-
-def _iso(ms: int) -> str:
-    import datetime as dt
-
-    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="milliseconds")

@@ -74,8 +74,8 @@ def test_user_training_set_from_csv_labels_matches_reference(streams, tmp_path):
 def test_ride_training_set_from_parquet_iso_labels_matches_reference(streams, tmp_path):
     path, events = streams["ride"]
     labels = label_rows(events, 300, seed=2)
-    iso = [{**r, "timestamp": iso(r["timestamp"])} for r in labels]
-    pq.write_table(pa.Table.from_pylist(iso, schema=pa.schema(
+    rows = [{**r, "timestamp": iso(r["timestamp"])} for r in labels]
+    pq.write_table(pa.Table.from_pylist(rows, schema=pa.schema(
         [("entity_id", pa.string()), ("timestamp", pa.string()), ("label", pa.int64()),
          ("weight", pa.float64())])), tmp_path / "labels.parquet")
     run_module("pipelines.training_set", "--pipeline=ride", f"--events={path}",

@@ -31,9 +31,11 @@ def run_module(module: str, *args: str, env: dict[str, str] | None = None) -> di
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def label_rows(events: list[dict[str, Any]], n: int, seed: int) -> list[dict[str, Any]]:
-    """Label rows of known and unknown users, at random times, at event times
-    exactly and one millisecond before them."""
+def label_rows(events: list[dict[str, Any]], n: int, seed: int,
+               horizon_ms: int = 90_000_000) -> list[dict[str, Any]]:
+    """Label rows of known and unknown users, at random times from a minute before
+    the first event to ``horizon_ms`` after the last, at event times exactly and
+    one millisecond before them."""
     rng = random.Random(seed)
     t0 = min(e["eventTimestamp"] for e in events)
     t1 = max(e["eventTimestamp"] for e in events)
@@ -44,7 +46,7 @@ def label_rows(events: list[dict[str, Any]], n: int, seed: int) -> list[dict[str
             e = rng.choice(events)
             user, at = e["userId"], e["eventTimestamp"] - (1 if pick < 0.15 else 0)
         else:
-            user, at = f"u{rng.randrange(45):04d}", rng.randint(t0 - 60_000, t1 + 90_000_000)
+            user, at = f"u{rng.randrange(45):04d}", rng.randint(t0 - 60_000, t1 + horizon_ms)
         rows.append({"entity_id": user, "timestamp": at, "label": i % 2,
                      "weight": round(rng.random(), 3)})
     return rows

@@ -17,15 +17,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 
-from pipelines.generate import StreamSpec, generate, live_spec
+from pipelines.generate import StreamSpec, generate, live_spec, write_jsonl
 from pipelines.produce import SCHEMA_FILES, EventProducer, send_all
 from runners import services as rs
-from runners.flink import ACTIVE_STATES, flink_jobs, job_user_config, service_args
+from runners.flink import ACTIVE_STATES, FlinkPreset, flink_jobs, job_user_config, service_args
 from runners.pipeline_process import PipelineProcess
 from tests import reference
 from tests.integration.test_pipelines import redis_features
+from tests.training import assert_matches_reference, label_rows, run_module, write_csv
 
 # Out of order by up to 5 s, nothing later than the allowed lateness: the
 # reference (all events count) is then exactly what the stream must give.
@@ -181,3 +183,38 @@ def test_ride_pipeline_with_parallelism_two(svc, tmp_path):
     assert summary["flink.checkpoints_completed"] >= 1
     assert redis_features(redis_client(svc, 3)) == reference.ride_features(
         run.events, watermark_ms=run.settle_ms)
+
+
+def test_the_training_set_on_flink_batch_is_what_the_stream_served(svc, tmp_path):
+    """The user pipeline on Flink over a live stream (each user's events in order,
+    disorder between users within the watermark bound) logs what it served; the
+    training set of the same events and labels, computed by Flink in batch mode,
+    equals the point-in-time reference, and the skew against the log is 0."""
+    spec = dataclasses.replace(SPEC, events=1_500, entity_order=True)
+    run = start_on_flink(svc, "user", spec, "user-served", 5, tmp_path)
+    try:
+        run.process.wait_running()
+        run.send(svc)
+        summary = run.finish()
+    finally:
+        run.process.kill()
+    assert summary["late_events"] == []
+    write_jsonl(str(tmp_path / "events.jsonl"), run.events)
+    labels = label_rows(run.events, 300, seed=8, horizon_ms=60_000)
+    write_csv(tmp_path / "labels.csv", labels, bad=False)
+    batch = FlinkPreset.local(svc.ports, state_dir=svc.state_dir, streaming=False,
+                              checkpoint_interval_ms=None, externalized_checkpoints=False,
+                              finish_bundle_before_checkpointing=False).pipeline_args()
+    built = run_module("pipelines.training_set", *batch, "--pipeline=user",
+                       f"--events={tmp_path / 'events.jsonl'}",
+                       f"--labels={tmp_path / 'labels.csv'}",
+                       f"--output={tmp_path / 'train.parquet'}")
+    assert built["training_set.rows"] == 300
+    assert_matches_reference("user", pq.read_table(tmp_path / "train.parquet"), labels,
+                             run.events)
+    skew = run_module("pipelines.skew", "--pipeline=user",
+                      f"--feature_log={tmp_path / 'user-served.jsonl'}",
+                      f"--labels={tmp_path / 'labels.csv'}",
+                      f"--training_set={tmp_path / 'train.parquet'}", "--fail_on_skew")
+    print(f"user on Flink against its training set: {skew}")
+    assert skew["rows_compared"] == skew["rows_equal"] == 300

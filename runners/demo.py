@@ -6,8 +6,10 @@ runs the user pipeline on the FlinkRunner with RocksDB and checkpoints,
 produces a live synthetic stream (many users, skew, out-of-order events; event
 time = now) into Kafka while the job runs, waits until every record is
 processed and checkpointed, then prints a table of features read back through
-the lookup client and the measured event-to-Redis freshness, and stops what it
-started. (Replays of past event times go through ``--input``: KafkaIO moves
+the lookup client and the measured event-to-Redis freshness, writes a small
+training set from the events it produced (``pipelines.training_set``, labels
+at the stream's end for three users) and prints it beside what Redis served,
+and stops what it started. (Replays of past event times go through ``--input``: KafkaIO moves
 an idle partition's watermark to the wall clock, so old events sent through
 Kafka would arrive late.)
 """
@@ -156,6 +158,47 @@ def produce_and_report(ports: Any, args: Any, topic: str, events: list[dict[str,
     print(f"\nevent-to-Redis freshness (producer send -> readable in Redis), "
           f"{fresh['events']} events: p50 {fresh['p50_ms']} ms, p99 {fresh['p99_ms']} ms, "
           f"max {fresh['max_ms']} ms")
+    print_training_rows(FeatureClient(client), events, users[:3])
+
+
+def print_training_rows(client: FeatureClient, events: list[dict[str, Any]],
+                        users: Sequence[str]) -> None:
+    """The offline half: a training set of the same events, labels at the stream's
+    end, beside what Redis serves for those users."""
+    import contextlib
+    import csv
+    import io
+    import tempfile
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    from pipelines import training_set
+    from pipelines.generate import write_jsonl
+
+    at_ms = max(e["eventTimestamp"] for e in events)
+    with tempfile.TemporaryDirectory(prefix="rtf-training-") as tmp:
+        events_path, labels_path = Path(tmp, "events.jsonl"), Path(tmp, "labels.csv")
+        write_jsonl(str(events_path), events)
+        with labels_path.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["entity_id", "timestamp"])
+            writer.writerows([u, at_ms] for u in users)
+        print("\ntraining set of the same events (python -m pipelines.training_set), "
+              "labels at the last event time:")
+        with contextlib.redirect_stdout(io.StringIO()):  # its JSON summary
+            training_set.run([f"--events={events_path}", f"--labels={labels_path}",
+                              "--pipeline=user", f"--output={tmp}/train.parquet"])
+        rows = pq.read_table(f"{tmp}/train.parquet").to_pylist()
+    table = [("user", "feature", "Redis served", "training set", "equal")]
+    for view, row in zip(client.get_many(users), rows, strict=True):
+        for feature in COLUMNS:
+            served, trained = view.values[feature], row[feature]
+            table.append((view.entity_id, feature, str(served), str(trained),
+                          "yes" if served == trained else "NO"))
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    for cells in table:
+        print("  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Synthetic event streams: many users, skew, out-of-order and late events, bad lines.
 
     python -m pipelines.generate --pipeline user --events 5000 --out data/user_events.jsonl
+    python -m pipelines.generate --pipeline user --out events.jsonl --labels_out labels.csv
 
 The same seed gives the same stream. Used for the bundled samples, tests,
 the end-to-end run and benchmarks.
@@ -163,6 +164,31 @@ def write_jsonl(path: str, events: list[dict[str, Any]], malformed: int = 0,
     return len(lines)
 
 
+def write_labels(path: str, events: list[dict[str, Any]], rows: int, seed: int = 7) -> int:
+    """Writes a label file for ``events`` (CSV: ``entity_id``, ``timestamp`` in
+    epoch ms, ``label``): users of the stream and a few unknown ones, at random
+    times over the stream and at event times exactly. Returns the rows written."""
+    import csv
+
+    rng = random.Random(seed)
+    users = sorted({e["userId"] for e in events})
+    t0 = min(e["eventTimestamp"] for e in events)
+    t1 = max(e["eventTimestamp"] for e in events)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["entity_id", "timestamp", "label"])
+        for _ in range(rows):
+            pick = rng.random()
+            if pick < 0.25:
+                e = rng.choice(events)
+                user, at = e["userId"], e["eventTimestamp"]
+            else:
+                user = rng.choice(users) if pick < 0.95 else f"new-{rng.randrange(1000)}"
+                at = rng.randint(t0, t1 + 120_000)
+            writer.writerow([user, at, int(rng.random() < 0.2)])
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pipeline", choices=("user", "ride"), required=True)
@@ -173,11 +199,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skew", type=float, default=StreamSpec.skew)
     parser.add_argument("--malformed", type=int, default=0)
     parser.add_argument("--seed", type=int, default=StreamSpec.seed)
+    parser.add_argument("--entity_order", action="store_true",
+                        help="each user's events in event-time order (disorder only "
+                             "between users)")
+    parser.add_argument("--labels_out", default=None,
+                        help="also write a label file (CSV) for training sets of the stream")
+    parser.add_argument("--label_rows", type=int, default=500)
     args = parser.parse_args(argv)
     spec = StreamSpec(events=args.events, users=args.users, rate_per_s=args.rate,
-                      skew=args.skew, seed=args.seed)
-    n = write_jsonl(args.out, generate(args.pipeline, spec), args.malformed, args.seed)
+                      skew=args.skew, seed=args.seed, entity_order=args.entity_order)
+    events = generate(args.pipeline, spec)
+    n = write_jsonl(args.out, events, args.malformed, args.seed)
     print(f"wrote {n} lines to {args.out}")
+    if args.labels_out:
+        rows = write_labels(args.labels_out, events, args.label_rows, args.seed)
+        print(f"wrote {rows} label rows to {args.labels_out}")
 
 
 if __name__ == "__main__":

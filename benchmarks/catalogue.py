@@ -70,6 +70,8 @@ SECTIONS = (
             "benchmarks.routes", quick=False),
     Section("peers", "7", "Peers: the user features as a Flink SQL job and a plain Python consumer",
             "benchmarks.peers", quick=False),
+    Section("training", "8", "Training sets: DirectRunner and Flink batch, 10x events and labels",
+            "benchmarks.training_sets", quick=False),
 )
 
 BY_NAME = {s.name: s for s in SECTIONS}

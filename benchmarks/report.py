@@ -564,10 +564,38 @@ def _peers(data: dict[str, Any]) -> list[str]:
     return [*out, ""]
 
 
+def _training(data: dict[str, Any]) -> list[str]:
+    from benchmarks.training_sets import growth
+
+    out = ["| pipeline | runner | events | label rows | wall s | events/s | label rows/s "
+           "| peak RSS MB |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in data["runs"]:
+        out.append(f"| {r['pipeline']} | {r['runner']} | {_n(r['events'])} | {_n(r['labels'])} "
+                   f"| {_n(r['seconds'], 1)} | {_n(r['events_per_s'])} "
+                   f"| {_n(r['labels_per_s'])} | {_n(r['peak_rss_mb'])} |")
+    grown = growth(data)
+    out += ["", "Wall time at 10x events and 10x label rows, over the smaller size: "
+            + "; ".join(f"{p} on {r} x{x:.1f}" for (p, r), x in grown.items()) + ".", ""]
+
+    def draw(ax: Any) -> None:
+        for pipeline, runner in grown:
+            points = sorted((r["events"], r["seconds"]) for r in data["runs"]
+                            if r["pipeline"] == pipeline and r["runner"] == runner)
+            ax.plot(*zip(*points, strict=True), marker="o", label=f"{pipeline}, {runner}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("events (label rows = events / 10)")
+        ax.set_ylabel("wall time, s")
+        ax.set_title("Training set: wall time as events and labels grow")
+        ax.legend()
+
+    return [*out, _plot("training_sets", draw), ""]
+
+
 RENDERERS: dict[str, Renderer] = {"transform": _transform, "sink": _sink, "state": _state,
                                   "serving": _serving, "e2e": _e2e, "rocksdb": _rocksdb,
                                   "engine": _engine, "hotkeys": _hotkeys, "routes": _routes,
-                                  "peers": _peers}
+                                  "peers": _peers, "training": _training}
 
 
 # --- the document ------------------------------------------------------------------------

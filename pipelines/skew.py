@@ -18,6 +18,14 @@ Prints one JSON summary line (rows compared, rows equal, rows differing,
 differing cells per feature) and writes every differing cell, with both
 values, to ``--out`` (default: the first 20 on stderr). ``--fail_on_skew``
 exits 1 when any row differs.
+
+With ``--events`` (the stream as the online run received it: a replayed
+file, or the records in the order they were produced) each differing cell
+is explained where it can be: online, an entity's value at T held its
+events that arrived before its first event later than T, so events at or
+before T that arrived after that one (out of order within the entity, late,
+or dropped as too late) are what the online value lacked. The summary then
+counts the cells explained that way and those left unexplained.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import fastavro
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
@@ -104,6 +113,45 @@ def read_log(pattern: str, features: set[str]) -> ServedHistory:
     return history
 
 
+class ArrivalOrder:
+    """Per entity, its events' times in the order the online run received them."""
+
+    def __init__(self, entity_field: str, time_field: str) -> None:
+        self._entity_field, self._time_field = entity_field, time_field
+        self._times: dict[str, list[int]] = {}
+
+    def read(self, pattern: str) -> ArrivalOrder:
+        """JSON lines, or Avro container files if ``pattern`` ends in ``.avro``;
+        lines that are not events are skipped (they were dead letters online)."""
+        for path in sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list):
+            with FileSystems.open(path) as f:
+                if path.endswith(".avro"):
+                    for record in fastavro.reader(f):
+                        self._add(record)
+                    continue
+                for raw in f:
+                    try:
+                        record = json.loads(raw)
+                    except ValueError:
+                        continue
+                    self._add(record)
+        return self
+
+    def _add(self, record: Any) -> None:
+        if not isinstance(record, dict):
+            return
+        entity, ts = record.get(self._entity_field), record.get(self._time_field)
+        if isinstance(entity, str) and isinstance(ts, int) and not isinstance(ts, bool):
+            self._times.setdefault(entity, []).append(ts)
+
+    def missing_at(self, entity: str, at_ms: int) -> list[int]:
+        """The entity's event times <= ``at_ms`` that arrived after its first event
+        later than ``at_ms``: what its online value at ``at_ms`` lacked."""
+        times = self._times.get(entity, [])
+        first_later = next((i for i, ts in enumerate(times) if ts > at_ms), len(times))
+        return [ts for ts in times[first_later:] if ts <= at_ms]
+
+
 def _cell(feature: Feature, value: Any, as_of: int | None, is_default: bool
           ) -> dict[str, Any]:
     if feature.value_type == "map" and isinstance(value, str):
@@ -113,9 +161,10 @@ def _cell(feature: Feature, value: Any, as_of: int | None, is_default: bool
 
 def compare(pipeline: str, log: str, labels: str, training_set: str,
             names: Sequence[str] | None = None, entity_column: str = ENTITY_COLUMN,
-            timestamp_column: str = TIMESTAMP_COLUMN) -> tuple[dict[str, Any],
-                                                               list[dict[str, Any]]]:
-    """(summary, differing cells) of a training set against an online run's log."""
+            timestamp_column: str = TIMESTAMP_COLUMN, events: str | None = None
+            ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(summary, differing cells) of a training set against an online run's log;
+    with ``events``, each differing cell says what the online value lacked."""
     with FileSystems.open(training_set) as f:
         table = pq.read_table(f)
     columns = set(table.column_names)
@@ -124,6 +173,8 @@ def compare(pipeline: str, log: str, labels: str, training_set: str,
     if not features:
         raise SystemExit(f"{training_set} has no column of a {pipeline} feature")
     history = read_log(log, {f.name for f in features})
+    arrivals = (ArrivalOrder(features[0].entity, features[0].time_field).read(events)
+                if events else None)
     trained = table.to_pylist()
     rows = list(_valid_labels(labels, entity_column, timestamp_column))
     if len(rows) != len(trained):
@@ -143,13 +194,20 @@ def compare(pipeline: str, log: str, labels: str, training_set: str,
                                                            offline["is_default"]):
                 equal = False
                 per_feature[f.name] += 1
-                differing.append({"row": number, "entity": label.entity,
-                                  "at_ms": label.at_ms, "feature": f.name,
-                                  "served": served, "training": offline})
+                cell = {"row": number, "entity": label.entity, "at_ms": label.at_ms,
+                        "feature": f.name, "served": served, "training": offline}
+                if arrivals is not None:
+                    cell["arrived_after_a_later_event"] = arrivals.missing_at(
+                        label.entity, label.at_ms)
+                differing.append(cell)
         rows_equal += equal
     summary = {"pipeline": pipeline, "rows_compared": len(rows), "rows_equal": rows_equal,
                "rows_differing": len(rows) - rows_equal, "cells_differing": per_feature,
                "log_updates": history.lines}
+    if arrivals is not None:
+        explained = sum(1 for c in differing if c["arrived_after_a_later_event"])
+        summary.update(cells_explained_by_arrival_order=explained,
+                       cells_unexplained=len(differing) - explained)
     return summary, differing
 
 
@@ -173,6 +231,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--features", default=None, help="comma-separated (default: all)")
     parser.add_argument("--entity_column", default=ENTITY_COLUMN)
     parser.add_argument("--timestamp_column", default=TIMESTAMP_COLUMN)
+    parser.add_argument("--events", default=None,
+                        help="the events as the online run received them (JSON lines or "
+                             ".avro): explains differing cells by arrival order")
     parser.add_argument("--out", default=None, help="every differing cell, one JSON line each")
     parser.add_argument("--fail_on_skew", action="store_true",
                         help="exit 1 when a row differs")
@@ -181,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     names = [n.strip() for n in args.features.split(",")] if args.features else None
     summary, differing = compare(args.pipeline, args.feature_log, args.labels,
                                  args.training_set, names, args.entity_column,
-                                 args.timestamp_column)
+                                 args.timestamp_column, args.events)
     if args.out:
         with FileSystems.create(args.out) as f:
             for cell in differing:

@@ -8,7 +8,8 @@ users), at two sizes ten times apart: full mode 100,000 events with 10,000
 label rows, and 1,000,000 events with 100,000 label rows. Each size runs for
 both pipelines on the DirectRunner and on the local Flink cluster in batch
 mode (``--runner=FlinkRunner``: LOOPBACK, so the Python work runs in the
-launching process; parallelism 1, one TaskManager), one run at a time.
+launching process; parallelism 1, one TaskManager; the ``catch_up`` bundles
+the training set takes on Flink by default), one run at a time.
 
 Per run: wall time of the whole command (interpreter start, imports and,
 on Flink, job submission included), events/s as events over that wall
@@ -74,14 +75,12 @@ def _timed(cmd: list[str], workdir: Path) -> dict[str, Any]:
 
 def run(mode: str) -> dict[str, Any]:
     from benchmarks.flink_job import flink_services
-    from runners.flink import FlinkPreset
+    from runners.flink import batch_service_args
 
     runs: list[dict[str, Any]] = []
     with flink_services() as svc, tempfile.TemporaryDirectory(prefix="rtf-training-") as tmp:
         workdir = Path(tmp)
-        batch = FlinkPreset.local(svc.ports, state_dir=svc.state_dir, streaming=False,
-                                  checkpoint_interval_ms=None, externalized_checkpoints=False,
-                                  finish_bundle_before_checkpointing=False).pipeline_args()
+        batch = batch_service_args(svc)
         for events, labels in _sizes(mode):
             for pipeline in PIPELINES:
                 events_path, labels_path = _inputs(workdir, pipeline, events, labels)

@@ -36,7 +36,9 @@ from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa
+import pyarrow.parquet as pq
 from apache_beam import pvalue
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
@@ -212,10 +214,44 @@ class _PointInTimeFn(beam.DoFn):
             yield label.position, {**label.row, **columns}
 
 
-def _in_label_order(grouped: tuple[Any, Iterable[tuple[tuple[int, int], dict[str, Any]]]]
-                    ) -> Iterator[dict[str, Any]]:
-    for _, row in sorted(grouped[1], key=lambda pair: pair[0]):
-        yield row
+# Where each row came from in the label files, in the part files only.
+_FILE, _ROW = "__label_file", "__label_row"
+
+
+def _with_position(pair: tuple[tuple[int, int], dict[str, Any]]) -> dict[str, Any]:
+    (number, row), columns = pair
+    return {**columns, _FILE: number, _ROW: row}
+
+
+def merge_parts(parts: list[str], output: str, schema: pa.Schema) -> str:
+    """Writes the rows of the part files to ``output`` in label-file order, then
+    deletes the parts (and their directory, on a filesystem that has them).
+
+    The rows are gathered here, in one process, and not through a single-key
+    GroupByKey, which would carry them all as one element between the runner
+    and the Python worker (on Flink, past the TaskManager's direct memory)."""
+    tables = []
+    for path in parts:
+        with FileSystems.open(path) as f:
+            tables.append(pq.read_table(pa.BufferReader(f.read())))
+    table = (pa.concat_tables(tables) if tables
+             else schema.append(pa.field(_FILE, pa.int64())).append(
+                 pa.field(_ROW, pa.int64())).empty_table())
+    table = table.sort_by([(_FILE, "ascending"), (_ROW, "ascending")]).drop_columns(
+        [_FILE, _ROW]).cast(schema)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    with FileSystems.create(output) as f:
+        f.write(sink.getvalue().to_pybytes())
+    if parts:
+        FileSystems.delete(parts)
+    if FileSystems.exists(_parts_dir(output)):  # a local directory; object stores have none
+        FileSystems.delete([_parts_dir(output)])
+    return output
+
+
+def _parts_dir(output: str) -> str:
+    return f"{output}.parts"
 
 
 def build(pipeline: beam.Pipeline, options: argparse.Namespace) -> None:
@@ -239,12 +275,15 @@ def build(pipeline: beam.Pipeline, options: argparse.Namespace) -> None:
             | "JoinByEntity" >> beam.CoGroupByKey()
             | "PointInTime" >> beam.ParDo(_PointInTimeFn(options.pipeline, features,
                                                          settings)))
+    # Each bundle's rows go to a part file (Beam's Parquet sink); one step then
+    # writes them to the output in label-file order.
+    part_schema = schema.append(pa.field(_FILE, pa.int64())).append(pa.field(_ROW, pa.int64()))
     (rows
-     | "OneWriter" >> beam.Map(lambda row: (None, row))
-     | "GatherRows" >> beam.GroupByKey()
-     | "InLabelOrder" >> beam.FlatMap(_in_label_order)
-     | "WriteParquet" >> beam.io.WriteToParquet(
-         options.output, schema, num_shards=1, shard_name_template=""))
+     | "WithPosition" >> beam.Map(_with_position)
+     | "WriteParts" >> beam.io.WriteToParquet(f"{_parts_dir(options.output)}/part", part_schema,
+                                              file_name_suffix=".parquet")
+     | "PartNames" >> beam.combiners.ToList()
+     | "InLabelOrder" >> beam.Map(merge_parts, options.output, schema))
     dead = (events[DEAD], labels[DEAD]) | "FlattenDeadLetters" >> beam.Flatten()
     write_lines(dead, options.dead_letter or f"{options.output}.dead_letters.jsonl",
                 "DeadLetters")
@@ -257,7 +296,15 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     use_emulator_if_set()
     training, beam_argv = parse_args(argv or [])
     if is_flink(beam_argv):
-        # A bounded job: batch mode, no checkpoints.
+        # A bounded job: batch mode, no checkpoints, and big bundles (nobody waits
+        # for a value: the per-bundle cost is all there is to save).
+        if not any(a.startswith("--bundle_preset") for a in beam_argv):
+            beam_argv = ["--bundle_preset=catch_up", *beam_argv]
+        # Flink's pipelined batch exchanges deadlock on plans that branch and
+        # join again (side inputs do): a 1M-event training set stalled with
+        # every stage idle. Blocking exchanges between stages do not.
+        if not any(a.startswith("--execution_mode_for_batch") for a in beam_argv):
+            beam_argv = ["--execution_mode_for_batch=BATCH_FORCED", *beam_argv]
         beam_argv = with_flink_defaults(beam_argv, streaming=False, checkpoint_interval_ms=None,
                                         externalized_checkpoints=False,
                                         finish_bundle_before_checkpointing=False)

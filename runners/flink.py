@@ -189,6 +189,18 @@ def service_args(svc: LocalServices, parallelism: int = 1,
             f"--bootstrap_servers={svc.ports.bootstrap_servers}"]
 
 
+def batch_service_args(svc: LocalServices, parallelism: int = 1, bundles: str = "catch_up"
+                       ) -> list[str]:
+    """FlinkRunner flags for a bounded job (batch mode, no checkpoints) on ``svc``'s
+    cluster, with the ``bundles`` preset; tests and benchmarks use it."""
+    preset = FlinkPreset.local(svc.ports, state_dir=svc.state_dir, parallelism=parallelism,
+                               streaming=False, checkpoint_interval_ms=None,
+                               externalized_checkpoints=False,
+                               finish_bundle_before_checkpointing=False,
+                               **BUNDLE_PRESETS[bundles])
+    return preset.pipeline_args()
+
+
 def _rest(
     rest_port: int, path: str, method: str = "GET", body: dict[str, Any] | None = None
 ) -> Any:

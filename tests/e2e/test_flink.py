@@ -23,7 +23,13 @@ import pytest
 from pipelines.generate import StreamSpec, generate, live_spec, write_jsonl
 from pipelines.produce import SCHEMA_FILES, EventProducer, send_all
 from runners import services as rs
-from runners.flink import ACTIVE_STATES, FlinkPreset, flink_jobs, job_user_config, service_args
+from runners.flink import (
+    ACTIVE_STATES,
+    batch_service_args,
+    flink_jobs,
+    job_user_config,
+    service_args,
+)
 from runners.pipeline_process import PipelineProcess
 from tests import reference
 from tests.integration.test_pipelines import redis_features
@@ -202,10 +208,7 @@ def test_the_training_set_on_flink_batch_is_what_the_stream_served(svc, tmp_path
     write_jsonl(str(tmp_path / "events.jsonl"), run.events)
     labels = label_rows(run.events, 300, seed=8, horizon_ms=60_000)
     write_csv(tmp_path / "labels.csv", labels, bad=False)
-    batch = FlinkPreset.local(svc.ports, state_dir=svc.state_dir, streaming=False,
-                              checkpoint_interval_ms=None, externalized_checkpoints=False,
-                              finish_bundle_before_checkpointing=False).pipeline_args()
-    built = run_module("pipelines.training_set", *batch, "--pipeline=user",
+    built = run_module("pipelines.training_set", *batch_service_args(svc), "--pipeline=user",
                        f"--events={tmp_path / 'events.jsonl'}",
                        f"--labels={tmp_path / 'labels.csv'}",
                        f"--output={tmp_path / 'train.parquet'}")

@@ -49,6 +49,7 @@ _TIMERS = "_t"
 _SEEN = "_s"
 _SEQ = "_n"
 _BOOKKEEPING = frozenset((_TIMERS, _SEEN, _SEQ, "_v"))
+_NEW_UPDATE = tuple.__new__
 
 Part = tuple[str, DoFn, Callable[[dict[str, Any]], bool] | None]
 
@@ -201,7 +202,8 @@ class _FusedFn(beam.DoFn):
         seq = cell.get(_SEQ, 0)
         for out in outputs:
             if type(out) is FeatureUpdate:
-                out = out._replace(visible_ms=visible_ms, seq=seq)
+                # A NamedTuple's _replace costs a few microseconds; this a fraction.
+                out = _NEW_UPDATE(FeatureUpdate, (*out[:6], visible_ms, seq))
                 seq += 1
             yield out
         cell[_SEQ] = seq

@@ -234,9 +234,7 @@ def merge_parts(parts: list[str], output: str, schema: pa.Schema) -> str:
     for path in parts:
         with FileSystems.open(path) as f:
             tables.append(pq.read_table(pa.BufferReader(f.read())))
-    table = (pa.concat_tables(tables) if tables
-             else schema.append(pa.field(_FILE, pa.int64())).append(
-                 pa.field(_ROW, pa.int64())).empty_table())
+    table = pa.concat_tables(tables) if tables else _part_schema(schema).empty_table()
     table = table.sort_by([(_FILE, "ascending"), (_ROW, "ascending")]).drop_columns(
         [_FILE, _ROW]).cast(schema)
     sink = pa.BufferOutputStream()
@@ -248,6 +246,11 @@ def merge_parts(parts: list[str], output: str, schema: pa.Schema) -> str:
     if FileSystems.exists(_parts_dir(output)):  # a local directory; object stores have none
         FileSystems.delete([_parts_dir(output)])
     return output
+
+
+def _part_schema(schema: pa.Schema) -> pa.Schema:
+    """The output's columns and each row's place in the label files."""
+    return schema.append(pa.field(_FILE, pa.int64())).append(pa.field(_ROW, pa.int64()))
 
 
 def _parts_dir(output: str) -> str:
@@ -277,11 +280,10 @@ def build(pipeline: beam.Pipeline, options: argparse.Namespace) -> None:
                                                          settings)))
     # Each bundle's rows go to a part file (Beam's Parquet sink); one step then
     # writes them to the output in label-file order.
-    part_schema = schema.append(pa.field(_FILE, pa.int64())).append(pa.field(_ROW, pa.int64()))
     (rows
      | "WithPosition" >> beam.Map(_with_position)
-     | "WriteParts" >> beam.io.WriteToParquet(f"{_parts_dir(options.output)}/part", part_schema,
-                                              file_name_suffix=".parquet")
+     | "WriteParts" >> beam.io.WriteToParquet(f"{_parts_dir(options.output)}/part",
+                                              _part_schema(schema), file_name_suffix=".parquet")
      | "PartNames" >> beam.combiners.ToList()
      | "InLabelOrder" >> beam.Map(merge_parts, options.output, schema))
     dead = (events[DEAD], labels[DEAD]) | "FlattenDeadLetters" >> beam.Flatten()

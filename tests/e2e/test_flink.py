@@ -65,6 +65,15 @@ class FlinkRun:
                                  SCHEMA_FILES[self.pipeline])
         assert send_all(producer, self.events, self.spec.rate_per_s) == self.spec.events
 
+    def complete(self, svc: rs.LocalServices) -> dict[str, Any]:
+        """Waits for the job, sends the stream, and returns ``finish()``'s summary."""
+        try:
+            self.process.wait_running()
+            self.send(svc)
+            return self.finish()
+        finally:
+            self.process.kill()
+
     def finish(self) -> dict[str, Any]:
         summary = self.process.finish()  # raises with the process's stderr if it failed
         late = self.tmp / f"{self.topic}-late.jsonl"
@@ -179,12 +188,7 @@ def test_ride_pipeline_with_parallelism_two(svc, tmp_path):
     spec = StreamSpec(events=1_500, users=40, rate_per_s=100, disorder_ms=3_000,
                       late_fraction=0.0, seed=5)
     run = start_on_flink(svc, "ride", spec, "ride-p2", 3, tmp_path, parallelism=2)
-    try:
-        run.process.wait_running()
-        run.send(svc)
-        summary = run.finish()
-    finally:
-        run.process.kill()
+    summary = run.complete(svc)
     print(f"ride on Flink (parallelism 2): {summary}")
     assert summary["flink.checkpoints_completed"] >= 1
     assert redis_features(redis_client(svc, 3)) == reference.ride_features(
@@ -198,12 +202,7 @@ def test_the_training_set_on_flink_batch_is_what_the_stream_served(svc, tmp_path
     equals the point-in-time reference, and the skew against the log is 0."""
     spec = dataclasses.replace(SPEC, events=1_500, entity_order=True)
     run = start_on_flink(svc, "user", spec, "user-served", 5, tmp_path)
-    try:
-        run.process.wait_running()
-        run.send(svc)
-        summary = run.finish()
-    finally:
-        run.process.kill()
+    summary = run.complete(svc)
     assert summary["late_events"] == []
     write_jsonl(str(tmp_path / "events.jsonl"), run.events)
     labels = label_rows(run.events, 300, seed=8, horizon_ms=60_000)

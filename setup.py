@@ -7,8 +7,9 @@ setup(
     version="0.1.0",
     description="Real-time ML features: Kafka -> Beam (Flink) -> Redis, correct by event time",
     python_requires=">=3.11,<3.12",
-    packages=find_packages(include=["pipelines*", "transforms*", "runners*", "schemas*",
+    packages=find_packages(include=["pipelines*", "transforms*", "runtime*", "schemas*",
                                     "serving*"]),
+    entry_points={"console_scripts": ["rtf-sdk-worker = runtime.sdk_worker:main"]},
     package_data={"schemas": ["*.avsc", "*.json"], "transforms": ["lua/*.lua"]},
     install_requires=[
         "apache-beam[gcp]==2.77.0",

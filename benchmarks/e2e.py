@@ -40,7 +40,7 @@ the phase was sending.
 Bundles: a Python step hands its output on when its bundle ends, so at
 low rates the bundle time is the floor of freshness, while bigger bundles
 cost fewer state round trips per event and raise throughput. The product
-ships the choice as two presets (``runners.flink.BUNDLE_PRESETS``):
+ships the choice as two presets (``runtime.flink.BUNDLE_PRESETS``):
 ``low_latency`` (bundles of up to 50 ms, the default for live streams) and
 ``catch_up`` (up to 1 s or 50,000 elements, for backlogs). The plots show
 freshness p50/p99 against the offered rate for each.
@@ -67,13 +67,13 @@ from benchmarks.flink_job import (
 )
 from benchmarks.measure import percentile
 from pipelines.generate import StreamSpec, generate
-from runners.flink import BUNDLE_PRESETS
 from runners.freshness import FreshnessProbe
+from runtime.flink import BUNDLE_PRESETS
 
 NAME = "e2e"
 TITLE = "End to end on Flink: sustained events/s and freshness"
 
-# (pipeline, parallelism, bundle preset of runners.flink.BUNDLE_PRESETS)
+# (pipeline, parallelism, bundle preset of runtime.flink.BUNDLE_PRESETS)
 JOBS = (("user", 1, "low_latency"), ("user", 1, "catch_up"), ("user", 2, "low_latency"),
         ("ride", 1, "low_latency"), ("ride", 1, "catch_up"))
 RATES = (250, 1_000, 5_000, 10_000, 20_000)

@@ -10,7 +10,7 @@ FlinkRunner preset (RocksDB, the ``low_latency`` 50-ms bundles), parallelism
 ``catch_up`` bundle preset (bundles of up to 1 s or 50,000 elements), then
 with the SDK's state cache on (256 MB, ``--max_cache_memory_usage_mb``),
 first weighing values with Beam's own sizer (objsize, a full walk of each
-value), then with ``runners.state_cache.estimate_size`` (the product's
+value), then with ``runtime.state_cache.estimate_size`` (the product's
 default); the last of these again with 100,000 users instead of 1,000; and
 ``benchmarks.keyed_floor``, the same job with one keyed counter in place of
 the features: the floor any keyed Python stage pays on this cluster. Until
@@ -41,8 +41,8 @@ from typing import Any
 from benchmarks.flink_job import DecodedSampler, JobSampler, flink_services
 from pipelines.generate import StreamSpec, generate
 from pipelines.produce import SCHEMA_FILES, EventProducer
-from runners.flink import service_args
 from runners.pipeline_process import PipelineProcess
+from runtime.flink import service_args
 
 NAME = "engine"
 TITLE = "Engine: keyed stage per feature group vs one fused stage, catch-up on Flink"

@@ -3,7 +3,7 @@
 Each section starts its own set of local services (``runners.services``) on
 free ports in a temporary directory, runs the pipeline modules as a user does
 (``runners.pipeline_process``, with the product's FlinkRunner preset from
-``runners.flink.service_args``: RocksDB, incremental checkpoints, exactly
+``runtime.flink.service_args``: RocksDB, incremental checkpoints, exactly
 once) and stops everything in ``finally`` blocks, the services' process
 groups included.
 
@@ -30,9 +30,9 @@ import redis
 from benchmarks.measure import slope
 from pipelines.produce import SCHEMA_FILES, EventProducer
 from runners.demo import warm_up
-from runners.flink import _rest, checkpoint_config, service_args
 from runners.pipeline_process import PipelineProcess
 from runners.services import LocalServices, ServicePorts
+from runtime.flink import _rest, checkpoint_config, service_args
 
 # Every job loads Beam's jars into a fresh class loader that the TaskManager does
 # not fully release: section 6 submits 20 jobs to one cluster, and at Flink's
@@ -259,7 +259,7 @@ class FeatureJob:
         workdir: where the process's output goes.
         redis_db: the Redis database the job writes.
         flags: more flags for the pipeline process.
-        bundles: a bundle preset (``runners.flink.BUNDLE_PRESETS``) in place of
+        bundles: a bundle preset (``runtime.flink.BUNDLE_PRESETS``) in place of
             the 200 ms bundles.
     """
 

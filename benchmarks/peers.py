@@ -52,8 +52,8 @@ from benchmarks.flink_job import flink_services
 from benchmarks.measure import slope
 from pipelines.generate import StreamSpec, generate, write_jsonl
 from pipelines.produce import SCHEMA_FILES, EventProducer
-from runners.flink import _rest
 from runners.services import cache_dir
+from runtime.flink import _rest
 
 NAME = "peers"
 TITLE = "Peers: the user features as a Flink SQL job and as a plain Python consumer"

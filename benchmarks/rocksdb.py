@@ -43,7 +43,7 @@ from benchmarks.flink_job import (
     flink_services,
 )
 from pipelines.generate import StreamSpec, generate
-from runners.flink import _rest
+from runtime.flink import _rest
 
 NAME = "rocksdb"
 TITLE = "State: RocksDB checkpoint size and duration for 100k keys"

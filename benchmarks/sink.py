@@ -35,8 +35,8 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from benchmarks.measure import best_of
-from runners.direct import apply_direct_preset
 from runners.local_redis import LocalRedis
+from runtime.direct import apply_direct_preset
 from transforms.model import FeatureUpdate, FeatureVector
 from transforms.redis_sink import GUARDED_HSET, RedisSinkConfig, RedisWriter, WriteToRedis
 from transforms.redis_sink import _RedisSinkFn as RedisSinkFn

@@ -75,7 +75,7 @@ def _timed(cmd: list[str], workdir: Path) -> dict[str, Any]:
 
 def run(mode: str) -> dict[str, Any]:
     from benchmarks.flink_job import flink_services
-    from runners.flink import batch_service_args
+    from runtime.flink import batch_service_args
 
     runs: list[dict[str, Any]] = []
     with flink_services() as svc, tempfile.TemporaryDirectory(prefix="rtf-training-") as tmp:

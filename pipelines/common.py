@@ -14,14 +14,15 @@ from apache_beam.options.pipeline_options import (
     FlinkRunnerOptions,
     GoogleCloudOptions,
     PipelineOptions,
+    PortableOptions,
     SetupOptions,
 )
 
 from pipelines.options import FeatureOptions
 from pipelines.storage import use_emulator_if_set
-from runners import state_cache
-from runners.direct import apply_direct_preset
-from runners.flink import (
+from runtime import state_cache
+from runtime.direct import apply_direct_preset
+from runtime.flink import (
     ACTIVE_STATES,
     LaunchedJob,
     LaunchOptions,
@@ -153,10 +154,21 @@ def _run_on_flink(pipeline: beam.Pipeline, options: PipelineOptions,
                   feature_options: FeatureOptions, schema: EventSchema) -> dict[str, Any]:
     """Submits, follows and in the end cancels this process's own Flink job."""
     rest_port = rest_port_of(options.view_as(FlinkRunnerOptions).flink_master)
-    if options.view_as(LaunchOptions).state_cache_sizer == "estimate":
-        state_cache.install()  # LOOPBACK: the job's Python workers run in this process
+    launch = options.view_as(LaunchOptions)
+    loopback = options.view_as(PortableOptions).environment_type == "LOOPBACK"
+    if launch.state_cache_sizer == "estimate" and loopback:
+        state_cache.install()  # the job's Python workers run in this process
     job_name = options.view_as(GoogleCloudOptions).job_name
-    job = LaunchedJob(rest_port, options.view_as(LaunchOptions).launch_id, job_name)
+    job = LaunchedJob(rest_port, launch.launch_id, job_name)
+    if launch.detached:
+        if loopback or feature_options.max_records:
+            raise SystemExit("--detached: the job must outlive this process, so its Python "
+                             "workers run in worker pools (--environment_type=EXTERNAL) and "
+                             "nothing here stops it (no --max_records)")
+        pipeline.run()
+        jid = job.wait_running()
+        return {"flink.job_id": jid, "flink.job_name": job_name, "detached": True,
+                "flink.rest": f"http://localhost:{rest_port}/#/job/running/{jid}/overview"}
     with job:
         result = pipeline.run()
         if feature_options.topic and feature_options.max_records:

@@ -60,7 +60,7 @@ def consumer_config(options: FeatureOptions, schema: EventSchema) -> dict[str, s
 
 def _read_from_kafka() -> Any:
     """Beam's ReadFromKafka, or the field-compatible one for the local expansion service."""
-    from runners.kafka_io import ReadFromKafka
+    from runtime.kafka_io import ReadFromKafka
 
     return ReadFromKafka
 
@@ -106,7 +106,7 @@ class WriteLinesToKafka(beam.PTransform):
         self._topic = topic
 
     def expand(self, records: beam.PCollection) -> pvalue.PDone:
-        from runners.kafka_io import WriteToKafka
+        from runtime.kafka_io import WriteToKafka
 
         producer = for_java({"bootstrap.servers": bootstrap_servers(self._options),
                              **kafka_client_config(self._options)})

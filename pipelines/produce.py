@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -39,8 +40,27 @@ def registry_schema_id(url: str, subject: str, schema_file: str) -> int:
     return client.register_schema(subject, Schema(text, "AVRO"))
 
 
+class _RetriedByTheClient(logging.Filter):
+    """Drops librdkafka's notices of conditions it retries by itself: a broker that has
+    just started answers "Coordinator load in progress" until its producer ids are ready."""
+
+    TRANSIENT = ("Coordinator load in progress",)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(t in record.getMessage() for t in self.TRANSIENT)
+
+
+def kafka_client_logger() -> logging.Logger:
+    """The Python logger librdkafka's own log lines go to (``logger`` in a client config)."""
+    logger = logging.getLogger("rtfeatures.kafka")
+    if not any(isinstance(f, _RetriedByTheClient) for f in logger.filters):
+        logger.addFilter(_RetriedByTheClient())
+    return logger
+
+
 class EventProducer:
     """Sends events to one topic; a thin, typed wrapper over confluent_kafka.Producer.
+    Close it (or use it as a context manager) so that no client outlives its broker.
 
     Args:
         bootstrap_servers: Kafka bootstrap servers.
@@ -55,7 +75,8 @@ class EventProducer:
         from confluent_kafka import Producer
 
         self._producer = Producer({"bootstrap.servers": bootstrap_servers, "linger.ms": 5,
-                                   "enable.idempotence": True, **for_python(config or {})})
+                                   "enable.idempotence": True, "logger": kafka_client_logger(),
+                                   **for_python(config or {})})
         self._topic = topic
         self._schema_file = schema_file
         self._schema_id = schemas.schema_id_for(schema_file) if schema_id is None else schema_id
@@ -92,6 +113,18 @@ class EventProducer:
     def flush(self, timeout_s: float = 60.0) -> int:
         """Waits for delivery; returns the messages still undelivered."""
         return self._producer.flush(timeout_s)
+
+    def close(self, timeout_s: float = 60.0) -> int:
+        """Flushes and closes the client; returns the messages left undelivered."""
+        left = self.flush(timeout_s)
+        self._producer.close()
+        return left
+
+    def __enter__(self) -> EventProducer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def send_all(producer: EventProducer, events: Iterable[dict[str, Any]],

@@ -57,7 +57,7 @@ from pipelines.labels import (
 from pipelines.options import add_feature_arguments, engine_settings
 from pipelines.produce import SCHEMA_FILES
 from pipelines.storage import use_emulator_if_set
-from runners.direct import apply_direct_preset
+from runtime.direct import apply_direct_preset
 from transforms.declarations import Feature
 from transforms.decode import DEAD, EVENTS, EventSchema, ReadEvents
 from transforms.engine import EngineSettings, FeatureEngine
@@ -293,7 +293,7 @@ def build(pipeline: beam.Pipeline, options: argparse.Namespace) -> None:
 
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Parses ``argv``, writes the training set, returns and prints its counters."""
-    from runners.flink import is_flink, with_flink_defaults
+    from runtime.flink import is_flink, with_flink_defaults
 
     use_emulator_if_set()
     training, beam_argv = parse_args(argv or [])

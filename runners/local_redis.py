@@ -10,7 +10,7 @@ from types import TracebackType
 
 import redis
 
-from runners.ports import free_port
+from runtime.ports import free_port
 
 
 class LocalRedis:

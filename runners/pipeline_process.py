@@ -8,7 +8,7 @@ workers, so it must live as long as the job. ``PipelineProcess`` starts it
 carrying that id (other jobs may run on the cluster, even of the same name),
 and stops both: the process by its pid, the job through the Flink REST API
 (the job server's cancel leaves a streaming job running; see
-``runners.flink.cancel_job``). Used by the tests, the fault suite and the
+``runtime.flink.cancel_job``). Used by the tests, the fault suite and the
 benchmarks.
 """
 
@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from runners.flink import LaunchedJob, new_launch_id
+from runtime.flink import LaunchedJob, new_launch_id
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -48,7 +48,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from runners.ports import free_port
+from runtime.endpoints import POOL_HOST_NAME, ServicePorts, default_state_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SERVICE_ORDER: tuple[str, ...] = ("kafka", "redis", "flink", "expansion", "jobserver")
@@ -59,8 +59,9 @@ BEAM_JAVA_VERSION = "2.62.0"
 KAFKA_HEAP = "512m"
 REDIS_MAXMEMORY = "512mb"
 FLINK_JM_PROCESS_SIZE = "1024m"
-FLINK_TM_PROCESS_SIZE = "3072m"
-FLINK_TM_SLOTS = 2
+FLINK_TM_PROCESS_SIZE = "2048m"
+FLINK_TM_SLOTS = 1
+FLINK_TASKMANAGERS = 2
 EXPANSION_HEAP = "512m"
 JOBSERVER_HEAP = "1g"
 
@@ -75,11 +76,6 @@ class ServiceError(RuntimeError):
 def cache_dir() -> Path:
     """Where install_runtime.sh put jars and the Flink venv ($RTF_CACHE)."""
     return Path(os.environ.get("RTF_CACHE", str(Path.home() / ".cache" / "rtfeatures")))
-
-
-def default_state_dir() -> Path:
-    """Runtime state (data, pids, logs): $RTF_SERVICES_DIR or <repo>/.services."""
-    return Path(os.environ.get("RTF_SERVICES_DIR", str(REPO_ROOT / ".services")))
 
 
 def kafka_jars_dir() -> Path:
@@ -115,68 +111,6 @@ def _classpath(jar_dir: Path) -> str:
 
 
 # --------------------------------------------------------------------------- ports
-
-
-def _env_port(name: str, default: int) -> int:
-    value = os.environ.get(name, "")
-    return int(value) if value.strip() else default
-
-
-@dataclasses.dataclass(frozen=True)
-class ServicePorts:
-    """All ports the local runtime listens on (127.0.0.1 only)."""
-
-    kafka: int = 9092
-    kafka_controller: int = 9093
-    redis: int = 6379
-    flink_rest: int = 8081
-    flink_rpc: int = 6123
-    expansion: int = 8097
-    job: int = 8099
-    artifact: int = 8098
-
-    @classmethod
-    def from_env(cls) -> ServicePorts:
-        """Defaults overridden by KAFKA_PORT, REDIS_PORT, FLINK_REST_PORT, EXPANSION_PORT, ..."""
-        kafka = _env_port("KAFKA_PORT", 9092)
-        return cls(
-            kafka=kafka,
-            kafka_controller=_env_port("KAFKA_CONTROLLER_PORT", kafka + 1),
-            redis=_env_port("REDIS_PORT", 6379),
-            flink_rest=_env_port("FLINK_REST_PORT", 8081),
-            flink_rpc=_env_port("FLINK_RPC_PORT", 6123),
-            expansion=_env_port("EXPANSION_PORT", 8097),
-            job=_env_port("JOB_SERVER_PORT", 8099),
-            artifact=_env_port("ARTIFACT_PORT", 8098),
-        )
-
-    @classmethod
-    def free(cls) -> ServicePorts:
-        """Distinct free ports, for tests that must not collide with a dev's services."""
-        seen: set[int] = set()
-        ports: list[int] = []
-        while len(ports) < len(dataclasses.fields(cls)):
-            p = free_port()
-            if p not in seen:
-                seen.add(p)
-                ports.append(p)
-        return cls(*ports)
-
-    @property
-    def bootstrap_servers(self) -> str:
-        return f"localhost:{self.kafka}"
-
-    @property
-    def flink_master(self) -> str:
-        return f"localhost:{self.flink_rest}"
-
-    @property
-    def expansion_address(self) -> str:
-        return f"localhost:{self.expansion}"
-
-    @property
-    def job_endpoint(self) -> str:
-        return f"localhost:{self.job}"
 
 
 # --------------------------------------------------------------------------- probes
@@ -327,6 +261,7 @@ class ServiceHandle:
     cmd: list[str]
     started: float = dataclasses.field(default_factory=time.time)
     ready_seconds: float | None = None
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def alive(self) -> bool:
         return _pid_alive(self.pid)
@@ -646,6 +581,11 @@ def _flink_config(ports: ServicePorts, state_dir: Path,
         # Every Beam job loads its own classes: many jobs per session need room.
         "taskmanager.memory.jvm-metaspace.size": "768m",
         "env.java.opts.all": java_opts,
+        # Metrics for Prometheus (the reporter ships in Flink's plugins/ directory); each
+        # TaskManager gets its own port on its command line.
+        "metrics.reporter.prom.factory.class":
+            "org.apache.flink.metrics.prometheus.PrometheusReporterFactory",
+        "metrics.reporter.prom.port": ports.prometheus,
         **(extra or {}),
     }
     return "".join(f"{k}: {json.dumps(v) if isinstance(v, str) else v}\n" for k, v in conf.items())
@@ -654,8 +594,9 @@ def _flink_config(ports: ServicePorts, state_dir: Path,
 def start_flink(
     ports: ServicePorts, state_dir: Path, log_dir: Path, timeout: float = 120.0,
     extra_config: Mapping[str, Any] | None = None,
-) -> tuple[ServiceHandle, ServiceHandle]:
-    """Standalone session cluster (1 JobManager + 1 TaskManager with 2 slots), RocksDB default.
+) -> list[ServiceHandle]:
+    """Standalone session cluster, RocksDB default: 1 JobManager, 2 TaskManagers with one slot
+    each, and a Python worker pool beside each TaskManager.
 
     ``extra_config``: Flink settings added to (or replacing) the generated ones.
     """
@@ -682,38 +623,67 @@ def start_flink(
     }
     jm_log = log_dir / "flink-jobmanager.log"
     jm_cmd = ["bash", str(home / "bin" / "jobmanager.sh"), "start-foreground"]
-    jm = ServiceHandle(
-        "flink-jobmanager",
-        _spawn("flink-jobmanager", jm_cmd, jm_log, env).pid,
-        ports.flink_rest,
-        jm_log,
-        jm_cmd,
-    )
-    tm_log = log_dir / "flink-taskmanager.log"
-    tm_cmd = ["bash", str(home / "bin" / "taskmanager.sh"), "start-foreground"]
-    tm = ServiceHandle(
-        "flink-taskmanager",
-        _spawn("flink-taskmanager", tm_cmd, tm_log, env).pid,
-        ports.flink_rest,
-        tm_log,
-        tm_cmd,
-    )
-
-    def ready() -> bool:
-        if not tm.alive():
-            raise ServiceError(f"flink taskmanager exited; see {tm_log}:\n{_tail(tm_log)}")
-        ov = flink_overview(ports.flink_rest)
-        return bool(
-            ov and ov.get("taskmanagers", 0) >= 1 and ov.get("slots-total", 0) >= FLINK_TM_SLOTS
-        )
-
+    jm = ServiceHandle("flink-jobmanager", _spawn("flink-jobmanager", jm_cmd, jm_log, env).pid,
+                       ports.flink_rest, jm_log, jm_cmd, env=env)
+    started = [jm]
     try:
-        _wait_ready(jm, ready, timeout, "REST /overview with a TaskManager")
-    except ServiceError:
-        stop_process_group(tm.pid)
+        for i in range(FLINK_TASKMANAGERS):
+            started.append(start_worker_pool(i, ports.worker_pool, log_dir))
+            started.append(_spawn_taskmanager(i, home, env, state_dir, log_dir, ports))
+
+        def ready() -> bool:
+            for h in started:
+                if not h.alive():
+                    raise ServiceError(f"{h.name} exited; see {h.log}:\n{_tail(h.log)}")
+            ov = flink_overview(ports.flink_rest)
+            return bool(ov and ov.get("taskmanagers", 0) >= FLINK_TASKMANAGERS
+                        and ov.get("slots-total", 0) >= FLINK_TASKMANAGERS * FLINK_TM_SLOTS)
+
+        _wait_ready(jm, ready, timeout, f"REST /overview with {FLINK_TASKMANAGERS} TaskManagers")
+    except BaseException:
+        for h in started[1:]:
+            stop_process_group(h.pid)
         raise
-    tm.ready_seconds = jm.ready_seconds
-    return jm, tm
+    for h in started[1:]:
+        h.ready_seconds = jm.ready_seconds
+    return started
+
+
+def pool_address(index: int) -> str:
+    """The loopback address of TaskManager ``index``'s worker pool (127.0.0.<index+1>)."""
+    return f"127.0.0.{index + 1}"
+
+
+def start_worker_pool(index: int, port: int, log_dir: Path, timeout: float = 60.0
+                      ) -> ServiceHandle:
+    """The Python worker pool beside TaskManager ``index`` (``runtime.worker_pool``), on its
+    own loopback address and the shared pool port."""
+    name = f"worker-pool-{index}"
+    host = pool_address(index)
+    cmd = [sys.executable, "-m", "runtime.worker_pool", f"--host={host}", f"--port={port}"]
+    log = log_dir / f"{name}.log"
+    # The work tree is on the workers' path: DoFns that tests define resolve there too.
+    env = {"PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT),
+                                                     os.environ.get("PYTHONPATH")) if p)}
+    h = ServiceHandle(name, _spawn(name, cmd, log, env, cwd=REPO_ROOT).pid, port, log, cmd,
+                      env=env)
+    return _wait_ready(h, lambda: tcp_open(port, host), timeout, "gRPC port")
+
+
+def _spawn_taskmanager(index: int, home: Path, env: dict[str, str], state_dir: Path,
+                       log_dir: Path, ports: ServicePorts) -> ServiceHandle:
+    """TaskManager ``index``. Its JVM resolves ``beam-worker-pool`` to its own pool's address
+    (a hosts file of its own, ``-Djdk.net.hosts.file``), as a pod's sidecar is ``localhost``."""
+    hosts = state_dir / "flink" / f"hosts-{index}"
+    hosts.write_text(f"127.0.0.1 localhost {socket.gethostname()}\n"
+                     f"{pool_address(index)} {POOL_HOST_NAME}\n")
+    name = f"flink-taskmanager-{index}"
+    tm_env = {**env, "JVM_ARGS": f"-Djdk.net.hosts.file={hosts}"}
+    log = log_dir / f"{name}.log"
+    cmd = ["bash", str(home / "bin" / "taskmanager.sh"), "start-foreground",
+           f"-Dmetrics.reporter.prom.port={ports.prometheus + 1 + index}"]
+    return ServiceHandle(name, _spawn(name, cmd, log, tm_env).pid, ports.flink_rest, log, cmd,
+                         env=tm_env)
 
 
 def start_expansion_service(port: int, log_dir: Path, timeout: float = 90.0) -> ServiceHandle:
@@ -871,7 +841,10 @@ class LocalServices:
         order = [
             "jobserver",
             "expansion",
-            "flink-taskmanager",
+            "flink-taskmanager-1",
+            "worker-pool-1",
+            "flink-taskmanager-0",
+            "worker-pool-0",
             "flink-jobmanager",
             "redis",
             "kafka",
@@ -884,6 +857,26 @@ class LocalServices:
             (self.pid_dir / f"{name}.json").unlink(missing_ok=True)
         self.handles.clear()
         return stopped
+
+    def kill(self, name: str) -> None:
+        """SIGKILLs service ``name``'s whole process group, as a crash would."""
+        h = self.recorded()[name]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(h.pid, signal.SIGKILL)
+        stop_process_group(h.pid, grace=5)
+
+    def restart(self, name: str) -> ServiceHandle:
+        """Kills service ``name`` if anything of it is left and starts it again with the
+        command and environment it was started with (fault tests: a TaskManager, a pool)."""
+        old = self.recorded()[name]
+        self.kill(name)
+        h = ServiceHandle(name, _spawn(name, old.cmd, old.log, old.env).pid, old.port, old.log,
+                          old.cmd, env=old.env)
+        if name.startswith("worker-pool-"):
+            host = pool_address(int(name.rsplit("-", 1)[1]))
+            _wait_ready(h, lambda: tcp_open(h.port, host), 60, "gRPC port")
+        self._record(h)
+        return h
 
     def status(self) -> dict[str, dict[str, Any]]:
         """Per recorded service: pid, port, alive, and a live probe result."""

@@ -13,7 +13,7 @@ import pytest
 
 from pipelines.storage import EMULATOR_ENV
 from runners.local_redis import LocalRedis
-from runners.ports import free_port
+from runtime.ports import free_port
 
 
 class RedisServer(LocalRedis):

@@ -17,7 +17,7 @@ from transforms.keys import KeyByEntity
 
 
 def batch_options() -> PipelineOptions:
-    # allow_unsafe_triggers keeps the DirectRunner off Prism (see runners/direct.py).
+    # allow_unsafe_triggers keeps the DirectRunner off Prism (see runtime/direct.py).
     return PipelineOptions(["--allow_unsafe_triggers"])
 
 

@@ -38,6 +38,7 @@ class _CoalesceFn(beam.DoFn):
         self._max = max_buffered
         self._vectors = Metrics.counter("merge", "vectors")
         self._updates = Metrics.counter("merge", "updates")
+        self._per_feature: dict[tuple[str, bool], Any] = {}
 
     def start_bundle(self) -> None:
         self._buffer: list[FeatureUpdate] = []
@@ -53,9 +54,23 @@ class _CoalesceFn(beam.DoFn):
     def _drain(self) -> Iterator[FeatureVector]:
         vectors = merge_updates(self._buffer)
         self._updates.inc(len(self._buffer))
+        emitted: dict[tuple[str, bool], int] = {}
+        for u in self._buffer:
+            emitted[(u.feature, u.final)] = emitted.get((u.feature, u.final), 0) + 1
+        for key, n in emitted.items():
+            self._feature_counter(*key).inc(n)
         self._vectors.inc(len(vectors))
         self._buffer = []
         yield from vectors
+
+    def _feature_counter(self, feature: str, final: bool) -> Any:
+        """Counter ``features/<feature>_final`` or ``features/<feature>_speculative``: the
+        updates each feature emitted, before they are merged into vectors."""
+        key = (feature, final)
+        if key not in self._per_feature:
+            kind = "final" if final else "speculative"
+            self._per_feature[key] = Metrics.counter("features", f"{feature}_{kind}")
+        return self._per_feature[key]
 
     def finish_bundle(self) -> Iterator[WindowedValue]:
         for vector in self._drain():

@@ -170,6 +170,13 @@ class RedisWriter:
         return sum(int(r) for r in pipe.execute())
 
 
+# Upper bounds (ms) of the freshness histogram's buckets: cumulative counters
+# ``freshness_ms_le_<bound>``, plus ``freshness_ms_count`` and ``freshness_ms_sum``, as
+# a Prometheus histogram has them (Flink's reporter exports Beam counters, not
+# Beam distributions).
+FRESHNESS_BUCKETS_MS: tuple[int, ...] = (50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 60_000)
+
+
 class _RedisSinkFn(beam.DoFn):
     def __init__(self, config: RedisSinkConfig) -> None:
         self._config = config
@@ -180,6 +187,10 @@ class _RedisSinkFn(beam.DoFn):
         self._rejections = Metrics.counter("redis_sink", "guard_rejections")
         self._batch_size = Metrics.distribution("redis_sink", "batch_size")
         self._lag = Metrics.distribution("redis_sink", "as_of_to_write_ms")
+        self._fresh_le = [Metrics.counter("redis_sink", f"freshness_ms_le_{b}")
+                          for b in FRESHNESS_BUCKETS_MS]
+        self._fresh_count = Metrics.counter("redis_sink", "freshness_ms_count")
+        self._fresh_sum = Metrics.counter("redis_sink", "freshness_ms_sum")
 
     def setup(self) -> None:
         self._writer = RedisWriter(self._config)
@@ -214,8 +225,20 @@ class _RedisSinkFn(beam.DoFn):
         self._fields.inc(fields - rejected)
         self._rejections.inc(rejected)
         self._retries.inc(self._writer.retries - retries_before)
+        fresh = [0] * len(FRESHNESS_BUCKETS_MS)
+        lag_sum = 0
         for vector in self._buffer:
-            self._lag.update(int(now_ms - max(u.as_of_ms for u in vector.updates)))
+            lag = max(0, int(now_ms - max(u.as_of_ms for u in vector.updates)))
+            self._lag.update(lag)
+            lag_sum += lag
+            for i, bound in enumerate(FRESHNESS_BUCKETS_MS):
+                if lag <= bound:
+                    fresh[i] += 1
+        for i, n in enumerate(fresh):
+            if n:
+                self._fresh_le[i].inc(n)
+        self._fresh_count.inc(len(self._buffer))
+        self._fresh_sum.inc(lag_sum)
         self._buffer = []
 
     def teardown(self) -> None:

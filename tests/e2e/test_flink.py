@@ -9,8 +9,12 @@ reference.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import json
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,14 +27,16 @@ import pytest
 from pipelines.generate import StreamSpec, generate, live_spec, write_jsonl
 from pipelines.produce import SCHEMA_FILES, EventProducer, send_all
 from runners import services as rs
-from runners.flink import (
+from runners.pipeline_process import PipelineProcess
+from runtime import metrics
+from runtime.flink import (
     ACTIVE_STATES,
     batch_service_args,
+    cancel_job,
     flink_jobs,
     job_user_config,
     service_args,
 )
-from runners.pipeline_process import PipelineProcess
 from tests import reference
 from tests.integration.test_pipelines import redis_features
 from tests.training import assert_matches_reference, label_rows, run_module, write_csv
@@ -61,9 +67,9 @@ class FlinkRun:
     settle_ms: int  # the run stops once its watermark has reached this
 
     def send(self, svc: rs.LocalServices) -> None:
-        producer = EventProducer(svc.ports.bootstrap_servers, self.topic,
-                                 SCHEMA_FILES[self.pipeline])
-        assert send_all(producer, self.events, self.spec.rate_per_s) == self.spec.events
+        with EventProducer(svc.ports.bootstrap_servers, self.topic,
+                           SCHEMA_FILES[self.pipeline]) as producer:
+            assert send_all(producer, self.events, self.spec.rate_per_s) == self.spec.events
 
     def complete(self, svc: rs.LocalServices) -> dict[str, Any]:
         """Waits for the job, sends the stream, and returns ``finish()``'s summary."""
@@ -220,3 +226,65 @@ def test_the_training_set_on_flink_batch_is_what_the_stream_served(svc, tmp_path
                       f"--training_set={tmp_path / 'train.parquet'}", "--fail_on_skew")
     print(f"user on Flink against its training set: {skew}")
     assert skew["rows_compared"] == skew["rows_equal"] == 300
+
+
+def test_a_detached_job_outlives_its_submitter_and_its_prometheus_counters_add_up(svc, tmp_path):
+    """``--detached`` returns the job id and exits while the job runs on in the worker pools;
+    Flink's Prometheus endpoints, scraped while it runs, show the pipeline's own counts:
+    events decoded and dead letters as sent, per-feature updates (speculative / final) as
+    in the job's feature log, and a freshness histogram with one entry per Redis write."""
+    topic, name = "metrics-e2e", "e2e-metrics-detached"
+    svc.create_topic(topic, partitions=2)
+    spec = StreamSpec(events=600, users=12, rate_per_s=200, disorder_ms=2_000,
+                      late_fraction=0.0, seed=5)
+    events = generate("user", dataclasses.replace(live_spec(spec),
+                                                  start_ms=int(time.time() * 1000)))
+    hostile = [b"", b"\x00\x00\x00\x00\x01not avro", b'{"userId": 1}']
+    log = tmp_path / "features.jsonl"
+    submitted = subprocess.run(
+        [sys.executable, "-m", "pipelines.user_features", *service_args(svc),
+         "--detached", f"--job_name={name}", f"--topic={topic}",
+         f"--redis_url=redis://127.0.0.1:{svc.ports.redis}/7", f"--feature_log={log}"],
+        capture_output=True, text=True, timeout=300)
+    assert submitted.returncode == 0, submitted.stderr[-3000:]
+    assert "Unparseable argument" not in submitted.stderr
+    jid = json.loads(submitted.stdout.strip().splitlines()[-1])["flink.job_id"]
+    urls = metrics.endpoints(svc.ports.prometheus_ports())
+    try:
+        # The submitter has exited; the job is still running on the cluster.
+        assert {j["jid"]: j["state"] for j in flink_jobs(svc.ports.flink_rest)}[jid] == "RUNNING"
+        with EventProducer(svc.ports.bootstrap_servers, topic, SCHEMA_FILES["user"]) as producer:
+            send_all(producer, events)
+            for raw in hostile:
+                producer.send_raw(raw, key="hostile")
+
+        def logged() -> collections.Counter[tuple[str, str]]:
+            lines = log.read_text().splitlines() if log.exists() else []
+            return collections.Counter(
+                ("features", f"{u['feature']}_{'final' if u['final'] else 'speculative'}")
+                for u in map(json.loads, lines))
+
+        deadline = time.monotonic() + 240
+        while True:
+            counters = metrics.beam_counters(metrics.scrape(urls), name)
+            per_feature = {k: v for k, v in counters.items() if k[0] == "features"}
+            settled = (counters.get(("decode", "events_valid")) == len(events)
+                       and counters.get(("decode", "dead_letters")) == len(hostile)
+                       and per_feature and per_feature == dict(logged()))
+            if settled or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+        print(f"scraped for job {name}: {counters}")
+        assert counters[("decode", "events_valid")] == len(events)
+        assert counters[("decode", "dead_letters")] == len(hostile)
+        assert per_feature == dict(logged())
+        assert sum(per_feature.values()) == counters[("merge", "updates")]
+        writes = counters[("redis_sink", "entity_writes")]
+        assert 0 < writes <= counters[("merge", "updates")]
+        assert counters[("redis_sink", "freshness_ms_count")] == writes
+        buckets = [counters.get(("redis_sink", f"freshness_ms_le_{b}"), 0)
+                   for b in (50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 60_000)]
+        assert buckets == sorted(buckets) and buckets[-1] <= writes
+        assert counters[("redis_sink", "guard_rejections")] >= 0
+    finally:
+        cancel_job(svc.ports.flink_rest, jid)

@@ -12,12 +12,10 @@ records (it sets ``RTF_FAULTS_RECORD=1``): the fast fault tests that
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import os
 import re
-import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,31 +52,25 @@ def _cluster_hygiene(request: pytest.FixtureRequest) -> Iterator[None]:
     if "svc" not in request.fixturenames:
         return
     services: rs.LocalServices = request.getfixturevalue("svc")
-    from runners.flink import cancel_job, flink_jobs
+    from runtime.flink import cancel_job, flink_jobs
 
     for job in flink_jobs(services.ports.flink_rest):
         if job["state"] in ("RUNNING", "RESTARTING", "CREATED", "INITIALIZING"):
             cancel_job(services.ports.flink_rest, job["jid"])
-    tm = services.recorded().get("flink-taskmanager")
-    if tm is not None and not tm.alive():
-        _FIGURES.setdefault(_name(request.node), {})["taskmanager_died_on_its_own"] = 1
-        print(f"WARNING: the TaskManager died during {request.node.name}; see {tm.log}")
-        restart_taskmanager(services)
+    for i in range(rs.FLINK_TASKMANAGERS):
+        tm = services.recorded().get(f"flink-taskmanager-{i}")
+        if tm is not None and not tm.alive():
+            _FIGURES.setdefault(_name(request.node), {})["taskmanager_died_on_its_own"] = 1
+            print(f"WARNING: a TaskManager died during {request.node.name}; see {tm.log}")
+            restart_taskmanager(services, i)
 
 
-def restart_taskmanager(services: rs.LocalServices) -> None:
-    """Starts a new TaskManager with the cluster's config and records it (kills the old
-    group first if anything of it is left)."""
-    old = services.recorded()["flink-taskmanager"]
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(old.pid, signal.SIGKILL)
-    rs.stop_process_group(old.pid, grace=5)
-    state = services.state_dir / "flink"
-    env = {"FLINK_CONF_DIR": str(state / "conf"), "FLINK_LOG_DIR": str(services.log_dir),
-           "FLINK_PID_DIR": str(state / "pids")}
-    proc = rs._spawn("flink-taskmanager", old.cmd, old.log, env)
-    # Public hook wanted: LocalServices.restart("flink-taskmanager") (see the report).
-    services._record(rs.ServiceHandle("flink-taskmanager", proc.pid, old.port, old.log, old.cmd))
+def restart_taskmanager(services: rs.LocalServices, index: int = 0) -> None:
+    """Kills TaskManager ``index`` together with the worker pool beside it (a lost machine),
+    then starts both again with the cluster's config."""
+    services.kill(f"flink-taskmanager-{index}")
+    services.restart(f"worker-pool-{index}")
+    services.restart(f"flink-taskmanager-{index}")
 
 
 @pytest.fixture()

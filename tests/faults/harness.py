@@ -24,8 +24,8 @@ import redis
 from pipelines.generate import StreamSpec, generate, live_spec
 from pipelines.produce import SCHEMA_FILES, EventProducer
 from runners import services as rs
-from runners.flink import checkpoint_stats, service_args
 from runners.pipeline_process import PipelineProcess
+from runtime.flink import checkpoint_stats, service_args
 
 ROOT = Path(__file__).resolve().parents[2]
 # Sliding window (60 s) + out-of-orderness (10 s) + margin: every value is

@@ -18,7 +18,7 @@ import pytest
 
 from pipelines.generate import StreamSpec
 from runners import services as rs
-from runners.flink import cancel_job, checkpoint_stats
+from runtime.flink import cancel_job, checkpoint_stats
 from tests.faults import harness as h
 from tests.faults.conftest import restart_taskmanager
 from tests.integration.test_pipelines import redis_features

@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 
 import schemas
 from pipelines.generate import StreamSpec
-from runners.flink import _rest
+from runtime.flink import _rest
 from tests.faults import harness as h
 from tests.integration.test_pipelines import redis_features
 from transforms.decode import (

@@ -42,7 +42,7 @@ def _run_with_disruption(svc, tmp_path, topic: str, redis_url: str, disrupt, *ex
     disrupt(lambda: states.append(run.job_state_safe()))
     h.join_sender(sender)
     states.append(run.job_state())
-    from runners.flink import _rest
+    from runtime.flink import _rest
 
     exceptions = _rest(svc.ports.flink_rest, f"/jobs/{jid}/exceptions")
     summary = run.finish()

@@ -25,7 +25,7 @@ import pytest
 
 import schemas
 from pipelines.generate import StreamSpec
-from runners.flink import stop_with_savepoint
+from runtime.flink import stop_with_savepoint
 from tests.faults import harness as h
 from tests.integration.test_pipelines import redis_features
 

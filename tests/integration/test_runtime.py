@@ -30,7 +30,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from confluent_kafka import Consumer, Producer
 
 from runners import services as rs
-from runners.flink import (
+from runtime.flink import (
     FlinkPreset,
     LaunchedJob,
     checkpoint_config,
@@ -39,7 +39,7 @@ from runners.flink import (
     new_launch_id,
     run_until,
 )
-from runners.kafka_io import ReadFromKafka
+from runtime.kafka_io import ReadFromKafka
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,10 @@ def test_all_services_ready(svc: rs.LocalServices) -> None:
         "kafka",
         "redis",
         "flink-jobmanager",
-        "flink-taskmanager",
+        "flink-taskmanager-0",
+        "flink-taskmanager-1",
+        "worker-pool-0",
+        "worker-pool-1",
         "expansion",
         "jobserver",
     }
@@ -67,11 +70,12 @@ def test_all_services_ready(svc: rs.LocalServices) -> None:
     assert st["redis"]["probe"] == {"ping": True}
     fl = st["flink-jobmanager"]["probe"]
     assert (
-        fl["taskmanagers"] == 1
+        fl["taskmanagers"] == 2
         and fl["slots-total"] == 2
         and fl["flink-version"] == rs.FLINK_VERSION
     )
-    assert (svc.log_dir / "kafka.log").exists() and (svc.log_dir / "flink-taskmanager.log").exists()
+    assert (svc.log_dir / "kafka.log").exists()
+    assert (svc.log_dir / "flink-taskmanager-0.log").exists()
 
 
 def test_kafka_produce_consume(svc: rs.LocalServices) -> None:
@@ -204,7 +208,7 @@ def test_read_from_kafka_on_flink_rocksdb_checkpoints(
 
 def test_zz_everything_stopped(svc: rs.LocalServices) -> None:
     pids = {name: h.pid for name, h in svc.recorded().items()}
-    assert len(pids) == 6
+    assert len(pids) == 9
     stopped = svc.down()
     assert sorted(stopped) == sorted(pids)
     for name, pid in pids.items():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from runners.flink import with_flink_defaults
+from runtime.flink import with_flink_defaults
 
 
 def flags(*argv: str) -> dict[str, str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from apache_beam.runners.worker import statecache
 
-from runners import state_cache
+from runtime import state_cache
 
 
 def _cells() -> dict[str, object]:

@@ -4,9 +4,8 @@ The Python SDK (2.77) talks to the Beam Flink job server started by
 ``runners.services`` (Beam Java 2.62, Flink 1.19) through ``--job_endpoint``;
 the job server submits to the standalone Flink cluster at ``--flink_master``.
 Options that only the Java side defines (state backend, checkpointing, ...)
-are accepted by the Python SDK as pass-through: it asks the job server which
-options exist (DescribePipelineOptions) and forwards those. The Python SDK
-prints "Unparseable argument" warnings for them before that: harmless.
+are declared here too (``FlinkJavaOptions``), so the Python SDK parses them
+and sends them to the job server by name.
 
 Verified on this machine (docs/RUNTIME.md): --state_backend=rocksdb,
 --state_backend_storage_path, --checkpointing_interval, --checkpointing_mode,
@@ -29,11 +28,18 @@ import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from runners.services import LocalServices, ServicePorts, default_state_dir
+from runtime.endpoints import ServicePorts, default_state_dir
+
+
+class Cluster(Protocol):
+    """A running local cluster (``runners.services.LocalServices``): its ports and state."""
+
+    ports: ServicePorts
+    state_dir: Path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +78,7 @@ class FlinkPreset:
     # BENCHMARKS.md section 3, the 200 ms vs 50 ms rows).
     max_bundle_time_ms: int | None = 50
     max_bundle_size: int | None = None  # elements; Beam's Flink default is 1,000
-    # The Python workers keep state between bundles (runners/state_cache.py): a key's
+    # The Python workers keep state between bundles (runtime/state_cache.py): a key's
     # state is read from Flink once, not once per bundle. 0 turns the cache off.
     state_cache_mb: int = 256
 
@@ -80,13 +86,15 @@ class FlinkPreset:
     def local(
         cls, ports: ServicePorts | None = None, state_dir: Path | None = None, **overrides: Any
     ) -> FlinkPreset:
-        """Preset for the services started by ``runners.services`` (env ports by default)."""
+        """Preset for the services started by ``runners.services`` (env ports by default):
+        the job's Python workers run in the worker pools beside the TaskManagers."""
         p = ports or ServicePorts.from_env()
         return cls(
             flink_master=p.flink_master,
             job_endpoint=p.job_endpoint,
             state_dir=state_dir or default_state_dir(),
-            **overrides,
+            **{"environment_type": "EXTERNAL",
+               "environment_config": p.worker_pool_address, **overrides},
         )
 
     def checkpoint_uri(self) -> str:
@@ -175,7 +183,7 @@ BUNDLE_PRESETS: dict[str, dict[str, int | None]] = {
 }
 
 
-def service_args(svc: LocalServices, parallelism: int = 1,
+def service_args(svc: Cluster, parallelism: int = 1,
                  checkpoint_interval_ms: int = 2_000, bundles: str = "low_latency"
                  ) -> list[str]:
     """FlinkRunner flags for a job on ``svc``'s services (any ports, its own checkpoint
@@ -189,7 +197,7 @@ def service_args(svc: LocalServices, parallelism: int = 1,
             f"--bootstrap_servers={svc.ports.bootstrap_servers}"]
 
 
-def batch_service_args(svc: LocalServices, parallelism: int = 1, bundles: str = "catch_up"
+def batch_service_args(svc: Cluster, parallelism: int = 1, bundles: str = "catch_up"
                        ) -> list[str]:
     """FlinkRunner flags for a bounded job (batch mode, no checkpoints) on ``svc``'s
     cluster, with the ``bundles`` preset; tests and benchmarks use it."""
@@ -226,6 +234,43 @@ ACTIVE_STATES = frozenset({"INITIALIZING", "CREATED", "RUNNING", "FAILING", "CAN
                            "RESTARTING", "RECONCILING"})
 
 
+# Options the Java side of the Flink runner defines, declared here so that the
+# Python SDK parses them (instead of warning "Unparseable argument" and passing
+# them through) and sends them to the job server under the same names.
+_JAVA_FLINK_OPTIONS: tuple[tuple[str, type | None, str], ...] = (
+    ("state_backend", str, "rocksdb or filesystem"),
+    ("state_backend_storage_path", str, "checkpoint directory URI"),
+    ("checkpointing_interval", int, "ms between checkpoints"),
+    ("checkpointing_mode", str, "EXACTLY_ONCE or AT_LEAST_ONCE"),
+    ("min_pause_between_checkpoints", int, "ms"),
+    ("checkpoint_timeout_millis", int, "ms"),
+    ("num_concurrent_checkpoints", int, "checkpoints in flight"),
+    ("externalized_checkpoints_enabled", None, "keep checkpoints outside the job"),
+    ("retain_externalized_checkpoints_on_cancellation", None, "keep them after a cancel"),
+    ("finish_bundle_before_checkpointing", None, "end the open bundle before a barrier"),
+    ("max_bundle_time_mills", int, "ms a Python bundle stays open at most"),
+    ("max_bundle_size", int, "elements per Python bundle at most"),
+    ("savepoint_path", str, "restore from this savepoint or retained checkpoint"),
+    ("allow_non_restored_state", None, "restore even if some state has no operator"),
+    ("number_of_execution_retries", int, "the job's own restart attempts"),
+    ("execution_retry_delay", int, "ms between restarts"),
+    ("execution_mode_for_batch", str, "PIPELINED, BATCH or BATCH_FORCED"),
+)
+
+
+class FlinkJavaOptions(PipelineOptions):
+    """The Flink runner's Java-side options we set (see ``FlinkPreset.pipeline_args``)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:  # noqa: ANN001 (Beam's signature)
+        for name, kind, help_text in _JAVA_FLINK_OPTIONS:
+            if kind is None:
+                parser.add_argument(f"--{name}", action="store_true", default=None,
+                                    help=help_text)
+            else:
+                parser.add_argument(f"--{name}", type=kind, default=None, help=help_text)
+
+
 class LaunchOptions(PipelineOptions):
     """How a launching process recognises the Flink job it submitted.
 
@@ -245,6 +290,10 @@ class LaunchOptions(PipelineOptions):
                             choices=tuple(BUNDLE_PRESETS),
                             help="low_latency: 50-ms bundles, for live streams; catch_up: "
                                  "bundles of up to 1 s / 50,000 elements, for backlogs")
+        parser.add_argument("--detached", action="store_true", default=False,
+                            help="submit the job, print its Flink job id and return; the job "
+                                 "runs on the cluster until cancelled (needs worker pools: "
+                                 "--environment_type=EXTERNAL)")
         parser.add_argument("--state_cache_sizer", default="estimate",
                             choices=("estimate", "objsize"),
                             help="how the Python workers' state cache weighs values: a "

@@ -13,7 +13,7 @@ constant cost per write, within a small factor of the true size for the
 regular, JSON-like state cells our DoFns keep (checked by
 ``tests/unit/test_state_cache.py``). ``install()`` puts it in place of the
 SDK's sizer in this process: the process that runs the Python workers (the
-launching process under LOOPBACK, ``runners.worker_pool`` for worker pools).
+launching process under LOOPBACK, ``rtf-sdk-worker`` under a worker pool).
 """
 
 from __future__ import annotations

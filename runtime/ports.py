@@ -36,14 +36,17 @@ def _bindable(port: int) -> bool:
     return True
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now, below the ephemeral range when it can be."""
+def free_port(block: int = 1) -> int:
+    """A TCP port free on 127.0.0.1 now, below the ephemeral range when it can be;
+    with ``block`` > 1 the first of that many consecutive free ports."""
     top = _ephemeral_start()
-    if top - 1 > _LOWEST:
+    if top - block > _LOWEST:
         for _ in range(200):
-            port = random.randint(_LOWEST, top - 1)  # noqa: S311 (not for security)
-            if _bindable(port):
+            port = random.randint(_LOWEST, top - block)  # noqa: S311 (not for security)
+            if all(_bindable(port + i) for i in range(block)):
                 return port
+    if block > 1:
+        raise OSError(f"no {block} consecutive free ports below {top}")
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

@@ -18,6 +18,7 @@ help:
 # runtime (Kafka, Flink, Beam job server jars via Maven) into ~/.cache/rtfeatures.
 # A second run does nothing.
 install: $(STAMP) install-runtime
+	@$(PY) -m runners.versions
 $(STAMP): setup.py
 	@command -v redis-server >/dev/null || { \
 	  echo "installing redis-server (apt)"; \

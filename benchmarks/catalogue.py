@@ -56,6 +56,8 @@ SECTIONS = (
             "benchmarks.sink"),
     Section("e2e", "3", "End to end on Flink: sustained events/s and freshness",
             "benchmarks.e2e", quick=False),
+    Section("workers", "3b", "Worker pools vs LOOPBACK: the same job, Python workers either way",
+            "benchmarks.workers", quick=False),
     Section("state", "4a", "State: sliding-window state per key vs event rate",
             "benchmarks.state"),
     Section("rocksdb", "4b", "State: RocksDB checkpoint size and duration for 100k keys",

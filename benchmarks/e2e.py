@@ -1,8 +1,8 @@
 """Section 3: end to end on Flink: sustained events/s, and event-to-Redis freshness vs rate.
 
 The whole product on this machine: Kafka (KRaft), the pipeline on the local
-Flink 1.19 cluster through the Beam 2.62 job server (LOOPBACK Python workers
-in the pipeline's own process), RocksDB with incremental exactly-once
+Flink 1.19 cluster through the Beam 2.62 job server (Python workers in the
+worker pools beside the two TaskManagers), RocksDB with incremental exactly-once
 checkpoints every 10 s, Redis; all on the same 2 cores as the producer.
 Five jobs, started as ``python -m pipelines.<name>_features
 --runner=FlinkRunner`` with the product's preset (the fused engine, the 256 MB
@@ -218,10 +218,12 @@ def _checkpoint_summary(checkpoints: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def measure_job(svc: Any, pipeline: str, parallelism: int, size: dict[str, Any],
-                workdir: Path, redis_db: int, preset: str = "low_latency") -> dict[str, Any]:
+                workdir: Path, redis_db: int, preset: str = "low_latency",
+                workers: str = "pool") -> dict[str, Any]:
     """Steps the offered rate up on one running job, then bisects for p99 < 1 s."""
-    name = f"bench-{pipeline}-p{parallelism}-{preset.replace('_', '-')}"
-    job = FeatureJob(svc, pipeline, parallelism, name, workdir, redis_db, bundles=preset)
+    name = f"bench-{pipeline}-p{parallelism}-{preset.replace('_', '-')}-{workers}"
+    job = FeatureJob(svc, pipeline, parallelism, name, workdir, redis_db, bundles=preset,
+                     workers=workers)
     bundle_ms = BUNDLE_PRESETS[preset]["max_bundle_time_ms"]
     phases: list[dict[str, Any]] = []
     not_run: list[dict[str, Any]] = []
@@ -271,7 +273,7 @@ def measure_job(svc: Any, pipeline: str, parallelism: int, size: dict[str, Any],
     lo, hi = _bracket(phases)
     every = [c for p in phases for c in p["checkpoints"]]
     return {"pipeline": pipeline, "parallelism": parallelism, "preset": preset,
-            "bundle_ms": bundle_ms,
+            "workers": workers, "bundle_ms": bundle_ms,
             "startup": startup,
             "phases": phases, "not_run": not_run,
             "max_kept_up_per_s": max((p["offered_per_s"] for p in kept), default=None),

@@ -82,7 +82,7 @@ def _fill(svc: Any, pipeline: str, topic: str, events: int, users: int,
     producer = EventProducer(svc.ports.bootstrap_servers, topic, SCHEMA_FILES[pipeline])
     for event in generate(pipeline, dataclasses.replace(spec, start_ms=start)):
         producer.send(event)
-    producer.flush()
+    producer.close()
 
 
 def _catch_up(svc: Any, pipeline: str, variant: str, topic: str, events: int,

@@ -261,11 +261,16 @@ class FeatureJob:
         flags: more flags for the pipeline process.
         bundles: a bundle preset (``runtime.flink.BUNDLE_PRESETS``) in place of
             the 200 ms bundles.
+        workers: where the job's Python workers run: ``pool`` (the worker pools
+            beside the TaskManagers, the product's way) or ``loopback`` (in the
+            launching process, for comparison).
     """
 
     def __init__(self, svc: LocalServices, pipeline: str, parallelism: int, name: str,
                  workdir: Path, redis_db: int = 0, flags: tuple[str, ...] = (),
-                 bundles: str | None = None) -> None:
+                 bundles: str | None = None, workers: str = "pool") -> None:
+        if workers not in ("pool", "loopback"):
+            raise ValueError(f"workers: pool or loopback, not {workers!r}")
         self.svc = svc
         self.pipeline = pipeline
         self.parallelism = parallelism
@@ -283,6 +288,7 @@ class FeatureJob:
                       f"--redis_url=redis://127.0.0.1:{svc.ports.redis}/{redis_db}",
                       *bundle_flags,
                       f"--dead_letter={self.dead_letter}", f"--late_output={self.late_output}",
+                      *(["--environment_type=LOOPBACK"] if workers == "loopback" else []),
                       *flags]
         self.producer: EventProducer | None = None
         self.sent = 0
@@ -336,6 +342,8 @@ class FeatureJob:
             self.sampler.stop()
         if self.process is not None:
             self.process.kill()
-        # Dropped now, or librdkafka keeps reconnecting once Kafka is stopped.
+        # Closed now, or librdkafka keeps reconnecting once Kafka is stopped.
+        if self.producer is not None:
+            self.producer.close(10)
         self.producer = None
         self.redis.close()

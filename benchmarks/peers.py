@@ -94,8 +94,9 @@ def _fill(svc: Any, events: list[dict[str, Any]], avro_topic: str, json_topic: s
         plain.produce(json_topic, json.dumps(event).encode(), key=event["userId"].encode(),
                       timestamp=event["eventTimestamp"])
         plain.poll(0)
-    avro.flush()
+    avro.close()
     plain.flush()
+    plain.close()
 
 
 def _redis_values(url: str) -> dict[str, dict[str, float]]:

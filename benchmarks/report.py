@@ -592,9 +592,22 @@ def _training(data: dict[str, Any]) -> list[str]:
     return [*out, _plot("training_sets", draw), ""]
 
 
+def _workers(data: dict[str, Any]) -> list[str]:
+    out = ["| bundles | Python workers | capacity ev/s | highest rate kept up ev/s "
+           "| p99 < 1 s up to ev/s |", "|---|---|---:|---:|---:|"]
+    for j in data["jobs"]:
+        if "error" in j:
+            out.append(f"| {j['preset']} | {j['workers']} | failed: {j['error'][:80]} | | |")
+            continue
+        out.append(f"| {j['preset']} | {j['workers']} | {_n(j['capacity_per_s'])} "
+                   f"| {_n(j['max_kept_up_per_s'])} | {_n(j['p99_under_1s_per_s'])} |")
+    return [*out, ""]
+
+
 RENDERERS: dict[str, Renderer] = {"transform": _transform, "sink": _sink, "state": _state,
                                   "serving": _serving, "e2e": _e2e, "rocksdb": _rocksdb,
                                   "engine": _engine, "hotkeys": _hotkeys, "routes": _routes,
+                                  "workers": _workers,
                                   "peers": _peers, "training": _training}
 
 

@@ -180,8 +180,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                                                     seed=args.seed))
     else:
         parser.error("give --input or --generate")
-    producer = EventProducer(args.bootstrap_servers, args.topic, schema_file, schema_id)
-    n = send_all(producer, events, args.rate)
+    with EventProducer(args.bootstrap_servers, args.topic, schema_file, schema_id) as producer:
+        n = send_all(producer, events, args.rate)
     print(f"sent {producer.sent} of {n} events to {args.topic} ({producer.failed} failed)")
 
 

@@ -432,9 +432,13 @@ class LaunchedJob:
         try:
             cancel_job(self.rest_port, self.jid)
         except urllib.error.HTTPError:
-            # It ended between the two calls (Flink refuses to cancel a finished job).
-            if self.state() in ACTIVE_STATES:
-                raise
+            # It ended, or began to, between the two calls (Flink refuses to cancel a job
+            # that is finishing, e.g. stopped with a savepoint): give it a moment.
+            deadline = time.monotonic() + 30
+            while self.state() in ACTIVE_STATES:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
             return False
         return True
 

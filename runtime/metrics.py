@@ -18,6 +18,8 @@ import urllib.request
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+# Flink's reporter, from the distribution's plugins/ directory.
+PROMETHEUS_REPORTER = "org.apache.flink.metrics.prometheus.PrometheusReporterFactory"
 # Beam counter namespaces the feature pipelines report (transforms/*).
 BEAM_NAMESPACES = ("decode", "features", "late", "merge", "redis_sink", "ttl", "aggregate")
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})?\s+(\S+)")

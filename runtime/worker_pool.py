@@ -34,6 +34,11 @@ WORKER_EXECUTABLE = "rtf-sdk-worker"
 _LOGGER = logging.getLogger("runtime.worker_pool")
 
 
+def worker_pool_command(host: str, port: int, python: str = "python") -> list[str]:
+    """The command that runs a pool: the local cluster's and the Kubernetes sidecar's."""
+    return [python, "-m", "runtime.worker_pool", f"--host={host}", f"--port={port}"]
+
+
 def worker_executable() -> str:
     """The SDK worker launcher installed beside this interpreter (or on PATH)."""
     beside = Path(sys.executable).parent / WORKER_EXECUTABLE

@@ -286,5 +286,24 @@ def test_a_detached_job_outlives_its_submitter_and_its_prometheus_counters_add_u
                    for b in (50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 60_000)]
         assert buckets == sorted(buckets) and buckets[-1] <= writes
         assert counters[("redis_sink", "guard_rejections")] >= 0
+        assert_dashboard_series_exist(metrics.scrape(urls))
     finally:
         cancel_job(svc.ports.flink_rest, jid)
+
+
+def assert_dashboard_series_exist(samples: list[metrics.Sample]) -> None:
+    """Every series deploy/grafana-dashboard.json queries is one the cluster exports (a
+    regex selector matches at least one; late-event counters appear with the first late
+    event, and this stream has none)."""
+    import re
+
+    dashboard = json.loads((Path(__file__).parents[2] / "deploy" / "grafana-dashboard.json")
+                           .read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    names = {s.name for s in samples}
+    for expr in exprs:
+        for pattern in re.findall(r'__name__=~"([^"]+)"', expr):
+            if "_late_" not in pattern:
+                assert any(re.fullmatch(pattern, n) for n in names), (pattern, expr)
+        for name in re.findall(r"\b(flink_[A-Za-z0-9_]+)\{", expr):
+            assert name in names, (name, expr)

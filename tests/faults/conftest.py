@@ -12,6 +12,7 @@ records (it sets ``RTF_FAULTS_RECORD=1``): the fast fault tests that
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import json
 import os
@@ -154,6 +155,17 @@ def render_report(results: Path) -> str:
                 totals[k] = totals.get(k, 0) + v
     lines += ["", "## Totals over passing tests (product preset only)", ""]
     lines += [f"- {_TOTALLED[k]}: **{_fmt(v)}**" for k, v in sorted(totals.items())]
+    samples = results / "soak_samples.csv"
+    if samples.exists():
+        lines += ["", "## Soak, minute by minute", "",
+                  "Written by `make soak` (`tests/faults/test_soak.py`): resident memory of "
+                  "every process group of the runtime, the latest checkpoint's size and the "
+                  "freshness p99 of each minute.", ""]
+        rows = list(csv.reader(samples.read_text().splitlines()))
+        lines += ["| " + " | ".join(rows[0]) + " |", "|" + " --- |" * len(rows[0])]
+        lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+        if (ROOT / "docs" / "soak.png").exists():
+            lines += ["", "![soak](docs/soak.png)"]
     lines += ["", "## What each test shows", ""]
     for r in records:
         doc = " ".join(r["doc"].split()) or "(no docstring)"

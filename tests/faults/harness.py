@@ -10,9 +10,11 @@ disturbs the world (kills, outages, hostile records) while the stream flows.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,7 +27,8 @@ from pipelines.generate import StreamSpec, generate, live_spec
 from pipelines.produce import SCHEMA_FILES, EventProducer
 from runners import services as rs
 from runners.pipeline_process import PipelineProcess
-from runtime.flink import checkpoint_stats, service_args
+from runtime import metrics
+from runtime.flink import _rest, checkpoint_stats, service_args
 
 ROOT = Path(__file__).resolve().parents[2]
 # Sliding window (60 s) + out-of-orderness (10 s) + margin: every value is
@@ -99,6 +102,63 @@ def wait_restored_and_checkpointed(svc: rs.LocalServices, jid: str, before: dict
                          f"(restored: {restored})")
 
 
+def wait_checkpointed(svc: rs.LocalServices, jid: str, timeout: float = 120) -> None:
+    """Until job ``jid`` has completed a checkpoint."""
+    deadline = time.monotonic() + timeout
+    while checkpoint_stats(svc.ports.flink_rest, jid).get("counts", {}).get("completed", 0) < 1:
+        assert time.monotonic() < deadline, f"job {jid}: no checkpoint in {timeout}s"
+        time.sleep(1)
+
+
+def job_parallelism(svc: rs.LocalServices, jid: str) -> int:
+    """The highest parallelism among the job's vertices."""
+    return max(v["parallelism"] for v in _rest(svc.ports.flink_rest, f"/jobs/{jid}")["vertices"])
+
+
+def taskmanager_index(svc: rs.LocalServices) -> dict[str, int]:
+    """Flink's TaskManager id -> our TaskManager index, from each TaskManager's own
+    Prometheus endpoint (TaskManager i reports on ``prometheus + 1 + i``)."""
+    out = {}
+    for i in range(rs.FLINK_TASKMANAGERS):
+        port = svc.ports.prometheus + 1 + i
+        for sample in metrics.scrape(metrics.endpoints([port])):
+            if "tm_id" in sample.labels:
+                out[metrics.flink_label(sample.labels["tm_id"])] = i
+                break
+    return out
+
+
+def taskmanagers_of(svc: rs.LocalServices, jid: str) -> set[int]:
+    """The indexes of the TaskManagers that run a subtask of job ``jid``."""
+    index = taskmanager_index(svc)
+    port = svc.ports.flink_rest
+    found: set[int] = set()
+    for vertex in _rest(port, f"/jobs/{jid}")["vertices"]:
+        for tm in _rest(port, f"/jobs/{jid}/vertices/{vertex['id']}/taskmanagers")[
+                "taskmanagers"]:
+            tm_id = metrics.flink_label(tm.get("taskmanager-id") or tm.get("taskmanagerId"))
+            assert tm_id in index, f"TaskManager {tm_id} of job {jid} not among {index}"
+            found.add(index[tm_id])
+    return found
+
+
+def submit_detached(svc: rs.LocalServices, pipeline: str, name: str, flags: list[str]) -> str:
+    """Submits ``pipeline`` as job ``name`` with ``--detached`` (the product's flags for the
+    suite's cluster); returns the Flink job id once it runs."""
+    done = subprocess.run(
+        [sys.executable, "-m", f"pipelines.{pipeline}_features", *flink_args(svc),
+         "--detached", f"--job_name={name}", *flags],
+        capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return str(json.loads(done.stdout.strip().splitlines()[-1])["flink.job_id"])
+
+
+def job_restarts(svc: rs.LocalServices, jid: str) -> int:
+    """How often job ``jid`` has restarted (Flink's ``numRestarts``)."""
+    got = _rest(svc.ports.flink_rest, f"/jobs/{jid}/metrics?get=numRestarts")
+    return int(float(got[0]["value"])) if got else 0
+
+
 def pipeline_flags(topic: str, redis_url: str, records: int, stop_at_ms: int,
                    workdir: Path, *extra: str) -> list[str]:
     return [f"--topic={topic}", f"--max_records={records}", f"--stop_at_watermark_ms={stop_at_ms}",
@@ -115,6 +175,7 @@ def send_in_background(svc: rs.LocalServices, topic: str, pipeline: str,
     A ``("schema", file)`` item switches the writer schema (schema evolution).
     """
     errors: list[BaseException] = []
+    stop = threading.Event()
 
     def run() -> None:
         try:
@@ -122,8 +183,11 @@ def send_in_background(svc: rs.LocalServices, topic: str, pipeline: str,
                                      schema_file or SCHEMA_FILES[pipeline])
             started = time.monotonic()
             for n, item in enumerate(items, 1):
+                if stop.is_set():  # the test ended early: no client outlives its broker
+                    producer.close(5)
+                    return
                 if isinstance(item, tuple) and item[0] == "schema":
-                    producer.flush()
+                    assert producer.close(120) == 0
                     producer = EventProducer(svc.ports.bootstrap_servers, topic, item[1])
                     continue
                 if isinstance(item, tuple):
@@ -134,15 +198,22 @@ def send_in_background(svc: rs.LocalServices, topic: str, pipeline: str,
                 ahead = n / rate_per_s - (time.monotonic() - started)
                 if ahead > 0:
                     time.sleep(ahead)
-            undelivered = producer.flush(120)
+            undelivered = producer.close(120)
             assert undelivered == 0 and producer.failed == 0, (undelivered, producer.failed)
         except BaseException as e:  # noqa: BLE001 (re-raised by the caller)
             errors.append(e)
 
     thread = threading.Thread(target=run, name=f"produce-{topic}", daemon=True)
     thread.errors = errors  # type: ignore[attr-defined]
+    thread.stop = stop  # type: ignore[attr-defined]
     thread.start()
     return thread
+
+
+def stop_sender(thread: threading.Thread) -> None:
+    """Stops a sender the test no longer waits for, and closes its client."""
+    thread.stop.set()  # type: ignore[attr-defined]
+    thread.join(30)
 
 
 def join_sender(thread: threading.Thread, timeout: float = 600) -> None:

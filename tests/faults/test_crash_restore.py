@@ -1,6 +1,7 @@
 """Crash and restore: TaskManager kills and job cancellations at random points of a stream.
 
-The TaskManager is SIGKILLed and started again (the job restarts from its
+The TaskManager running the job is SIGKILLed with the Python worker pool beside
+it (a lost machine) and both are started again (the job restarts from its
 latest checkpoint under its own restart strategy, ``--number_of_execution_retries``);
 the job is also cancelled through the REST API and resubmitted by a new
 pipeline process with ``--savepoint_path=<latest retained checkpoint>``. The
@@ -34,9 +35,11 @@ def _restored(svc: rs.LocalServices, jid: str) -> dict | None:
     return checkpoint_stats(svc.ports.flink_rest, jid).get("latest", {}).get("restored")
 
 
-def kill_taskmanager(svc: rs.LocalServices) -> None:
-    """SIGKILL the TaskManager's process group, then start a new one with the same config."""
-    restart_taskmanager(svc)
+def kill_taskmanager(svc: rs.LocalServices, jid: str) -> None:
+    """SIGKILL the process groups of the TaskManager running job ``jid`` and of the worker
+    pool beside it (a lost machine), then start both again with the same config."""
+    (index,) = h.taskmanagers_of(svc, jid)
+    restart_taskmanager(svc, index)
 
 
 @pytest.mark.slow
@@ -62,7 +65,7 @@ def test_kills_and_cancellations_restore_exactly(svc, tmp_path, figures):
             before = _restored(svc, jid)
             t0 = time.monotonic()
             if action == "kill_taskmanager":
-                kill_taskmanager(svc)
+                kill_taskmanager(svc, jid)
                 h.wait_restored_and_checkpointed(svc, jid, before)
             else:
                 latest = checkpoint_stats(svc.ports.flink_rest, jid)["latest"]["completed"]

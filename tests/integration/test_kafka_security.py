@@ -74,7 +74,7 @@ def test_python_clients_log_in_with_kafka_config(broker: dict[str, int]) -> None
                              config=_config())
     for e in events:
         producer.send(e)
-    assert producer.flush(30) == 0 and producer.failed == 0 and producer.sent == 30
+    assert producer.close(30) == 0 and producer.failed == 0 and producer.sent == 30
     got = _read(broker["sasl"], topic, _config(), "sasl-readers", 30)
     assert len(got) == 30
     # The driver's progress check logs in the same way (offsets committed by the reader).

@@ -282,8 +282,10 @@ class FeatureJob:
         self.dead_letter = workdir / f"{name}-dead.jsonl"
         self.late_output = workdir / f"{name}-late.jsonl"
         bundle_flags = [] if bundles else [f"--max_bundle_time_mills={BUNDLE_MS}"]
-        self.flags = [*service_args(svc, parallelism, CHECKPOINT_INTERVAL_MS,
-                                    bundles or "low_latency"),
+        preset = service_args(svc, parallelism, CHECKPOINT_INTERVAL_MS, bundles or "low_latency")
+        if workers == "loopback":  # in-process workers take no pool address
+            preset = [a for a in preset if not a.startswith("--environment_")]
+        self.flags = [*preset,
                       f"--topic={name}", f"--consumer_group=bench-{name}",
                       f"--redis_url=redis://127.0.0.1:{svc.ports.redis}/{redis_db}",
                       *bundle_flags,

@@ -84,7 +84,8 @@ def test_python_clients_log_in_with_kafka_config(broker: dict[str, int]) -> None
 
 
 def test_wrong_password_fails_without_showing_it(broker: dict[str, int],
-                                                 capfd: pytest.CaptureFixture[str]) -> None:
+                                                 capfd: pytest.CaptureFixture[str],
+                                                 caplog: pytest.LogCaptureFixture) -> None:
     wrong = "not-the-pw-4711"
     producer = EventProducer(f"localhost:{broker['sasl']}", "sasl-python",
                              schemas.USER_EVENT_V2, config=_config(wrong))
@@ -94,8 +95,9 @@ def test_wrong_password_fails_without_showing_it(broker: dict[str, int],
     del producer  # stops its retries
     assert undelivered == 1 and sent == 0
     out, err = capfd.readouterr()
-    assert "Authentication failed" in out + err  # librdkafka says why ...
-    assert wrong not in out + err  # ... and not with what
+    said = out + err + caplog.text  # librdkafka's lines go to the rtfeatures.kafka logger
+    assert "Authentication failed" in said  # librdkafka says why ...
+    assert wrong not in said  # ... and not with what
 
 
 def _java_producer(broker: dict[str, int], topic: str, config: dict[str, str],

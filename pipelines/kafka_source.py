@@ -15,6 +15,8 @@ accepted the writes before the group's offsets move.
 
 from __future__ import annotations
 
+import typing
+
 import json
 import time
 from pathlib import Path
@@ -92,7 +94,9 @@ class ReadEventsFromKafka(beam.PTransform):
             commit_offset_in_finalize=True,
             timestamp_policy=read.create_time_policy,
         )
-        values = records | "RecordValues" >> beam.Map(lambda kv: kv[1]).with_output_types(bytes)
+        # A tombstone (a record without a value) is None: a dead letter, not a failed bundle.
+        values = records | "RecordValues" >> beam.Map(lambda kv: kv[1]).with_output_types(
+            typing.Optional[bytes])
         return values | "DecodeConfluentAvro" >> DecodeConfluentAvro(
             self._schema, opts.schema_registry_url, source=f"kafka:{opts.topic}")
 

@@ -218,7 +218,17 @@ def parse_json_line(line: str | bytes, schema: EventSchema) -> dict[str, Any]:
         record = json.loads(line)
     except (ValueError, RecursionError) as e:
         raise InvalidEvent(f"not JSON: {e}") from None
-    return schema.validate(record)
+    event = schema.validate(record)
+    escaped = b"\\u" if isinstance(line, bytes) else "\\u"
+    if escaped in line:  # only a \u escape can make a lone surrogate
+        for name, value in event.items():
+            if isinstance(value, str):
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise InvalidEvent(f"field {name!r} is not text: it holds a lone "
+                                       "UTF-16 surrogate") from None
+    return event
 
 
 class SchemaCatalogue:

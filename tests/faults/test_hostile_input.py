@@ -10,6 +10,11 @@ job never fails, every bad record is a dead letter with a reason, the features
 equal the reference of the valid events, and no secret appears anywhere the
 run wrote (process output, service logs, feature log, dead letters, the Flink
 job's configuration as the REST API shows it).
+
+A second, slow run sends 10,000 values from the decoder fuzzer of
+tests/unit/test_decode.py (bit flips, truncations, extensions, other schemas'
+bodies, huge varint lengths, tombstones, ...) among valid events, and counts
+the dead letters one by one against the decoder's own reasons.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from pipelines.generate import StreamSpec
 from runtime.flink import _rest
 from tests.faults import harness as h
 from tests.integration.test_pipelines import redis_features
+from tests.unit.test_decode import hostile_wire_records
 from transforms.decode import (
     MAX_EVENT_MS,
     MIN_EVENT_MS,
@@ -218,3 +224,83 @@ def test_kafka_password_never_leaks(hostile_run, svc, figures):
     leaks = _leaks(places, KAFKA_PASSWORD)
     figures.update(places_scanned=len(places), kafka_password_leaks=len(leaks))
     assert not leaks, leaks
+
+
+FUZZ_SPEC = StreamSpec(events=1_500, users=40, rate_per_s=100, disorder_ms=3_000,
+                       late_fraction=0.0, seed=64)
+FUZZ_HOSTILE = 10_000
+FUZZ_SEED = 64
+
+
+def spread(events: list[dict[str, Any]], values: list[bytes | None]) -> list[Any]:
+    """The events with ``values`` spread evenly between them as raw records, keys
+    alternately missing (None) and empty ("")."""
+    items: list[Any] = []
+    done = 0
+    for n, event in enumerate(events, 1):
+        upto = n * len(values) // len(events)
+        items += [(values[i], "" if i % 2 else None) for i in range(done, upto)]
+        items.append(event)
+        done = upto
+    return items
+
+
+def expected_letter(value: bytes | None) -> tuple[str | None, str]:
+    """(payload as the dead-letter topic shows it, reason) the decoder gives ``value``."""
+    try:
+        decode_confluent(value, SCHEMA, CATALOGUE)
+    except InvalidEvent as e:
+        payload = None if value is None else base64.b64encode(value).decode()
+        return payload, str(e)
+    raise AssertionError(f"not hostile: {value!r}")
+
+
+@pytest.mark.slow
+def test_ten_thousand_fuzzed_records_on_the_wire_are_dead_letters(svc, tmp_path, figures):
+    """10,000 fuzzed Kafka values (mutated records, other schemas, huge varint lengths,
+    tombstones, ...) among a live stream of valid events on Flink: the job never fails or
+    restarts, each bad value is exactly one dead letter with the decoder's reason, and the
+    features equal the reference of the valid events."""
+    bad = hostile_wire_records(FUZZ_HOSTILE, seed=FUZZ_SEED)
+    expected = Counter(expected_letter(v) for _, v in bad)
+    topic, dead_topic = "faults-fuzz", "faults-fuzz-dead"
+    svc.create_topic(topic, partitions=2)
+    svc.create_topic(dead_topic, partitions=1)
+    events = h.live_events("user", FUZZ_SPEC)
+    items = spread(events, [v for _, v in bad])
+    # The valid events go out at their event-time rate, as in a live stream.
+    rate = FUZZ_SPEC.rate_per_s * len(items) / len(events)
+    with h.RedisProcess(tmp_path, persist=False) as store:
+        flags = h.pipeline_flags(topic, store.url(0), len(items),
+                                 max(e["eventTimestamp"] for e in events) + 20_000, tmp_path,
+                                 f"--dead_letter_topic={dead_topic}")
+        run = h.PipelineRun(svc, "user", flags, tmp_path, "fuzz")
+        jid = run.wait_running()
+        sender = h.send_in_background(svc, topic, "user", items, rate)
+        states = []
+        while sender.is_alive():
+            states.append(run.job_state())
+            time.sleep(1)
+        h.join_sender(sender)
+        summary = run.finish()
+        exceptions = _rest(svc.ports.flink_rest, f"/jobs/{jid}/exceptions")
+        features = redis_features(store.client())
+    letters = [json.loads(v) for v in h.consume_all(svc.ports.bootstrap_servers, dead_topic,
+                                                    timeout_s=300)]
+    got = Counter((d["payload"], d["reason"]) for d in letters)
+    kinds = Counter(k for k, _ in bad)
+    figures.update(fuzz_cases=len(bad), dead_letters_counted=len(letters),
+                   valid_records=len(events), kinds=len(kinds),
+                   tombstones=kinds["wire_null_value"], run_s=summary["seconds"])
+    print(f"\nfuzz on the wire: {len(bad)} hostile records ({len(kinds)} kinds, "
+          f"{kinds['wire_null_value']} tombstones) among {len(events)} events at "
+          f"{rate:.0f} records/s; {len(letters)} dead letters; run {summary['seconds']} s, "
+          f"{summary['flink.checkpoints_completed']} checkpoints; job states {set(states)}")
+    assert set(states) == {"RUNNING"}, states
+    assert not exceptions.get("exceptionHistory", {}).get("entries"), exceptions
+    assert summary["kafka.records_committed"] == len(items)
+    assert len(letters) == len(bad)
+    assert all(d["reason"] for d in letters)
+    missing, extra = expected - got, got - expected
+    assert not missing and not extra, (list(missing.items())[:5], list(extra.items())[:5])
+    assert features == h.reference_for("user")(events)

@@ -15,8 +15,6 @@ accepted the writes before the group's offsets move.
 
 from __future__ import annotations
 
-import typing
-
 import json
 import time
 from pathlib import Path
@@ -96,7 +94,7 @@ class ReadEventsFromKafka(beam.PTransform):
         )
         # A tombstone (a record without a value) is None: a dead letter, not a failed bundle.
         values = records | "RecordValues" >> beam.Map(lambda kv: kv[1]).with_output_types(
-            typing.Optional[bytes])
+            bytes | None)
         return values | "DecodeConfluentAvro" >> DecodeConfluentAvro(
             self._schema, opts.schema_registry_url, source=f"kafka:{opts.topic}")
 

@@ -591,6 +591,10 @@ def with_flink_defaults(argv: list[str], **preset: Any) -> list[str]:
     if bundles not in BUNDLE_PRESETS:
         raise SystemExit(f"--bundle_preset={bundles}: one of {', '.join(BUNDLE_PRESETS)}")
     preset = {**BUNDLE_PRESETS[bundles], **preset}
+    given_env = next((a.split("=", 1)[1] for a in argv
+                      if a.startswith("--environment_type=")), "EXTERNAL")
+    if given_env != "EXTERNAL":  # LOOPBACK / PROCESS / DOCKER take no pool address
+        given.add("--environment_config")
     defaults = [a for a in FlinkPreset.local(**preset).pipeline_args()
                 if a.split("=", 1)[0] not in given]
     return defaults + argv

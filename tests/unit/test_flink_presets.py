@@ -40,3 +40,12 @@ def test_an_unknown_preset_is_refused_with_the_choices():
 def test_other_runners_are_left_alone():
     assert with_flink_defaults(["--runner=DirectRunner", "--bundle_preset=catch_up"]) == [
         "--runner=DirectRunner", "--bundle_preset=catch_up"]
+
+
+def test_jobs_go_to_the_worker_pools_unless_another_environment_is_given():
+    got = flags()
+    assert got["--environment_type"] == "EXTERNAL"
+    assert got["--environment_config"] == "beam-worker-pool:50000"
+    loopback = flags("--environment_type=LOOPBACK")
+    assert loopback["--environment_type"] == "LOOPBACK"
+    assert "--environment_config" not in loopback

@@ -84,6 +84,7 @@ def _flat(values: list[float], warm: int, growth: float, slack: float) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.soak
+@pytest.mark.timeout(MINUTES * 60 + 900)
 def test_soak_at_half_capacity_memory_checkpoints_and_freshness_stay_flat(svc, tmp_path,
                                                                          figures):
     """20 minutes of the user pipeline at half its capacity: every process's memory, the

@@ -2,8 +2,9 @@
 
     python -m pipelines.<user|ride>_features --runner=FlinkRunner --topic=... [...]
 
-With the LOOPBACK environment that process also hosts the job's Python SDK
-workers, so it must live as long as the job. ``PipelineProcess`` starts it
+The process follows its job (progress, the ``--max_records`` stop) and cancels
+it on the way out; the job's Python workers run in the worker pools beside the
+TaskManagers. ``PipelineProcess`` starts it
 (stdout/stderr to files) with a ``--launch_id`` of its own, finds the Flink job
 carrying that id (other jobs may run on the cluster, even of the same name),
 and stops both: the process by its pid, the job through the Flink REST API

@@ -322,15 +322,20 @@ def bundle_label(job: dict[str, Any]) -> str:
     return "" if ms == BUNDLE_MS else f" ({ms} ms bundles)"
 
 
-def headline(data: dict[str, Any]) -> dict[str, float]:
+def job_headline(data: dict[str, Any], label: Callable[[dict[str, Any]], str]
+                 ) -> dict[str, float]:
+    """Capacity and the highest rate with p99 < 1 s of each measured job, by ``label``."""
     out: dict[str, float] = {}
     for j in measured(data):
-        label = f"{j['pipeline']} p{j['parallelism']}{bundle_label(j)}"
         for key, field in (("capacity ev/s", "capacity_per_s"),
                            ("p99<1s ev/s", "p99_under_1s_per_s")):
             if j[field] is not None:
-                out[f"{label} {key}"] = j[field]
+                out[f"{label(j)} {key}"] = j[field]
     return out
+
+
+def headline(data: dict[str, Any]) -> dict[str, float]:
+    return job_headline(data, lambda j: f"{j['pipeline']} p{j['parallelism']}{bundle_label(j)}")
 
 
 def print_summary(data: dict[str, Any]) -> None:

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.e2e import RATES, SIZES, measure_job
+from benchmarks.e2e import RATES, SIZES, job_headline, measure_job
 from benchmarks.flink_job import flink_services
 
 NAME = "workers"
@@ -51,15 +51,7 @@ def _label(job: dict[str, Any]) -> str:
 
 
 def headline(data: dict[str, Any]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for j in data["jobs"]:
-        if "error" in j:
-            continue
-        for key, field in (("capacity ev/s", "capacity_per_s"),
-                           ("p99<1s ev/s", "p99_under_1s_per_s")):
-            if j[field] is not None:
-                out[f"{_label(j)} {key}"] = j[field]
-    return out
+    return job_headline(data, _label)
 
 
 def print_summary(data: dict[str, Any]) -> None:

@@ -285,7 +285,7 @@ def test_a_detached_job_outlives_its_submitter_and_its_prometheus_counters_add_u
         buckets = [counters.get(("redis_sink", f"freshness_ms_le_{b}"), 0)
                    for b in (50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 60_000)]
         assert buckets == sorted(buckets) and buckets[-1] <= writes
-        assert counters[("redis_sink", "guard_rejections")] >= 0
+        assert ("redis_sink", "guard_rejections") in counters  # exported, even at 0
         assert_dashboard_series_exist(metrics.scrape(urls))
     finally:
         cancel_job(svc.ports.flink_rest, jid)

@@ -15,7 +15,8 @@ help:
 	@echo "make unit | lint | e2e | bench | bench-quick | services-up | services-down | clean"
 
 # Python deps into .venv, redis-server from Debian if missing, and the JVM
-# runtime (Kafka, Flink, Beam job server jars via Maven) into ~/.cache/rtfeatures.
+# runtime (Kafka, Flink, Beam job server jars, the schema registry, via Maven) into
+# ~/.cache/rtfeatures.
 # A second run does nothing.
 install: $(STAMP) install-runtime
 	@$(PY) -m runners.versions

@@ -13,7 +13,8 @@ setup(
     package_data={"schemas": ["*.avsc", "*.json"], "transforms": ["lua/*.lua"]},
     install_requires=[
         "apache-beam[gcp]==2.77.0",
-        "confluent-kafka>=2.3,<3",
+        # schemaregistry: the registry client (and its authlib) for --schema_registry_url.
+        "confluent-kafka[schemaregistry]>=2.3,<3",
         "redis>=5,<9",
         "fastavro>=1.9,<2",
     ],

@@ -219,9 +219,12 @@ def _checkpoint_summary(checkpoints: list[dict[str, Any]]) -> dict[str, Any]:
 
 def measure_job(svc: Any, pipeline: str, parallelism: int, size: dict[str, Any],
                 workdir: Path, redis_db: int, preset: str = "low_latency",
-                workers: str = "pool") -> dict[str, Any]:
-    """Steps the offered rate up on one running job, then bisects for p99 < 1 s."""
+                workers: str = "pool", repeat: int = 1) -> dict[str, Any]:
+    """Steps the offered rate up on one running job, then bisects for p99 < 1 s
+    (``repeat``: the how-manieth job of its kind in this run, for its names)."""
     name = f"bench-{pipeline}-p{parallelism}-{preset.replace('_', '-')}-{workers}"
+    if repeat > 1:
+        name += f"-{repeat}"
     job = FeatureJob(svc, pipeline, parallelism, name, workdir, redis_db, bundles=preset,
                      workers=workers)
     bundle_ms = BUNDLE_PRESETS[preset]["max_bundle_time_ms"]

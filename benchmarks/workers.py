@@ -9,7 +9,10 @@ launching process instead. The same job (user pipeline, parallelism 1) is
 measured both ways, one after the other on one cluster, with each bundle
 preset, by the method of section 3 (rates stepped up until one is not kept
 up, then bisected for freshness p99 under 1 s; capacity = the most it
-consumed while a backlog waited).
+consumed while a backlog waited). The order is ABBA for catch-up (pool,
+LOOPBACK, LOOPBACK, pool) and BA for low latency, so that drift on the box
+over the run (the cluster warming up, the page cache, the other jobs' leftover
+state) hits both kinds alike; ``#n`` numbers a kind's repeats.
 """
 
 from __future__ import annotations
@@ -24,9 +27,9 @@ from benchmarks.flink_job import flink_services
 NAME = "workers"
 TITLE = "Worker pools vs LOOPBACK: the same job, Python workers either way"
 
-# (bundle preset, workers), alternating so that drift on the box hits both alike.
-JOBS = (("catch_up", "pool"), ("catch_up", "loopback"),
-        ("low_latency", "pool"), ("low_latency", "loopback"))
+# (bundle preset, workers), in ABBA order so that drift on the box hits both alike.
+JOBS = (("catch_up", "pool"), ("catch_up", "loopback"), ("catch_up", "loopback"),
+        ("catch_up", "pool"), ("low_latency", "loopback"), ("low_latency", "pool"))
 
 
 def run(mode: str) -> dict[str, Any]:
@@ -37,17 +40,20 @@ def run(mode: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="rtf-bench-workers-") as tmp, \
             flink_services() as svc:
         for db, (preset, workers) in enumerate(JOBS):
+            repeat = JOBS[:db + 1].count((preset, workers))
             try:
-                jobs.append(measure_job(svc, "user", 1, size, Path(tmp), db, preset, workers))
+                job = measure_job(svc, "user", 1, size, Path(tmp), db, preset, workers,
+                                  repeat)
             except Exception as e:  # noqa: BLE001 (one failed job must not lose the others)
                 print(f"  user {preset} {workers} FAILED: {e}", flush=True)
-                jobs.append({"pipeline": "user", "parallelism": 1, "preset": preset,
-                             "workers": workers, "error": f"{type(e).__name__}: {e}"[:1000]})
+                job = {"pipeline": "user", "parallelism": 1, "preset": preset,
+                       "workers": workers, "error": f"{type(e).__name__}: {e}"[:1000]}
+            jobs.append({**job, "repeat": repeat})
     return {"parameters": {**size, "rates": list(RATES)}, "jobs": jobs}
 
 
 def _label(job: dict[str, Any]) -> str:
-    return f"user p1 {job['preset']} {job['workers']}"
+    return f"user p1 {job['preset']} {job['workers']} #{job.get('repeat', 1)}"
 
 
 def headline(data: dict[str, Any]) -> dict[str, float]:

@@ -208,13 +208,17 @@ def _scrub_secrets(options: FeatureOptions) -> None:
     """Removes secrets from the options once the graph holds them.
 
     A runner shows its job's options (Flink: the web UI and REST job config);
-    the sink and Kafka transforms already carry what they need, so the options
-    keep a redacted URL and no Kafka client settings.
+    the sink, Kafka and decode transforms already carry what they need, so the
+    options keep redacted URLs and no Kafka or schema registry client settings.
     """
     if options.redis_url:
         options.redis_url = redact_url(options.redis_url)
     if options.kafka_config:
         options.kafka_config = "<redacted>"
+    if options.schema_registry_url:
+        options.schema_registry_url = redact_url(options.schema_registry_url)
+    if options.schema_registry_config:
+        options.schema_registry_config = "<redacted>"
 
 
 def _run_stream_until(result: Any, job: LaunchedJob, feature_options: FeatureOptions,

@@ -28,22 +28,31 @@ from pipelines.options import FeatureOptions, bootstrap_servers
 from transforms.decode import DecodeConfluentAvro, EventSchema
 
 
-def kafka_client_config(options: FeatureOptions) -> dict[str, str]:
-    """Extra Kafka client settings (SASL/SSL, ...) from ``--kafka_config``.
-
-    ``--kafka_config`` is a JSON object or ``@path`` to a JSON file, in
-    librdkafka's names (``pipelines.kafka_dialects`` gives the Java client its
-    own). The values (passwords included) go to the Kafka clients only, never
-    to logs.
-    """
-    raw = options.kafka_config
+def client_config(raw: str | None, flag: str) -> dict[str, str]:
+    """Client settings given as a JSON object or ``@path`` to a JSON file; the
+    values (passwords included) go to the clients only, never to logs."""
     if not raw:
         return {}
     text = Path(raw[1:]).read_text() if raw.startswith("@") else raw
-    config = json.loads(text)
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{flag} is not JSON (line {e.lineno}, column {e.colno})") from None
     if not isinstance(config, dict):
-        raise ValueError("--kafka_config must be a JSON object")
+        raise ValueError(f"{flag} must be a JSON object")
     return {str(k): str(v) for k, v in config.items()}
+
+
+def kafka_client_config(options: FeatureOptions) -> dict[str, str]:
+    """Extra Kafka client settings (SASL/SSL, ...) from ``--kafka_config``, in
+    librdkafka's names (``pipelines.kafka_dialects`` gives the Java client its own)."""
+    return client_config(options.kafka_config, "--kafka_config")
+
+
+def registry_client_config(options: FeatureOptions) -> dict[str, str]:
+    """Extra schema registry client settings (``basic.auth.user.info``, TLS) from
+    ``--schema_registry_config``."""
+    return client_config(options.schema_registry_config, "--schema_registry_config")
 
 
 def consumer_config(options: FeatureOptions, schema: EventSchema) -> dict[str, str]:
@@ -71,7 +80,7 @@ class ReadEventsFromKafka(beam.PTransform):
     Args:
         options: ``--topic``, ``--bootstrap_servers``, ``--max_records``,
             ``--expansion_service``, ``--consumer_group``, ``--kafka_config``,
-            ``--schema_registry_url``.
+            ``--schema_registry_url``, ``--schema_registry_config``.
         schema: the reader schema.
     """
 
@@ -96,7 +105,8 @@ class ReadEventsFromKafka(beam.PTransform):
         values = records | "RecordValues" >> beam.Map(lambda kv: kv[1]).with_output_types(
             bytes | None)
         return values | "DecodeConfluentAvro" >> DecodeConfluentAvro(
-            self._schema, opts.schema_registry_url, source=f"kafka:{opts.topic}")
+            self._schema, opts.schema_registry_url, source=f"kafka:{opts.topic}",
+            registry_config=registry_client_config(opts))
 
 
 class WriteLinesToKafka(beam.PTransform):

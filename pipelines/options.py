@@ -37,7 +37,11 @@ class FeatureOptions(PipelineOptions):
         src.add_argument("--max_records", type=int, default=None,
                           help="stop after this many Kafka records (a bounded run)")
         src.add_argument("--schema_registry_url", default=None,
-                          help="Confluent schema registry; default: schemas/catalogue.json")
+                          help="Confluent-compatible schema registry (Apicurio: "
+                              ".../apis/ccompat/v7); default: schemas/catalogue.json")
+        src.add_argument("--schema_registry_config", default=None,
+                          help="extra registry client settings, JSON or @file (e.g. "
+                              "basic.auth.user.info); never logged")
         src.add_argument("--reader_schema", default=None,
                           help="reader schema file in schemas/ (default per pipeline)")
 

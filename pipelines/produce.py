@@ -25,19 +25,34 @@ from typing import Any
 import schemas
 from pipelines.generate import StreamSpec, generate
 from pipelines.kafka_dialects import for_python
+from pipelines.kafka_source import client_config
 from transforms.decode import EventSchema, InvalidEvent, encode_confluent, parse_json_line
 
 SCHEMA_FILES = {"user": schemas.USER_EVENT_V2, "ride": schemas.RIDE_EVENT}
 SENT_HEADER = "rtf_sent_ms"
 
 
-def registry_schema_id(url: str, subject: str, schema_file: str) -> int:
-    """Registers ``schema_file`` under ``subject`` (idempotent) and returns its id."""
-    from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+class SchemaRefused(Exception):
+    """The schema registry would not register a schema (incompatible, invalid,
+    or not allowed); the message is the registry's own."""
 
-    client = SchemaRegistryClient({"url": url})
+
+def registry_schema_id(url: str, subject: str, schema_file: str,
+                       config: dict[str, str] | None = None) -> int:
+    """Registers ``schema_file`` under ``subject`` and returns the id the registry
+    gave it (the same id again for a schema already registered). The subject's
+    compatibility rule is the registry's: a refusal raises ``SchemaRefused``."""
+    from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+    from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+    client = SchemaRegistryClient({"url": url, **(config or {})})
     text = json.dumps(schemas.raw_schema(schema_file))
-    return client.register_schema(subject, Schema(text, "AVRO"))
+    try:
+        return client.register_schema(subject, Schema(text, "AVRO"))
+    except SchemaRegistryError as e:
+        raise SchemaRefused(f"the schema registry refused {schema_file} under subject "
+                            f"{subject!r}: HTTP {e.http_status_code}, error {e.error_code}: "
+                            f"{e.error_message}") from None
 
 
 class _RetriedByTheClient(logging.Filter):
@@ -164,13 +179,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--bootstrap_servers", required=True)
     parser.add_argument("--topic", required=True)
     parser.add_argument("--rate", type=float, default=None, help="events per second")
-    parser.add_argument("--schema_registry_url", default=None)
+    parser.add_argument("--schema_registry_url", default=None,
+                        help="register the schema there under <topic>-value and send its id")
+    parser.add_argument("--schema_registry_config", default=None,
+                        help="extra registry client settings, JSON or @file "
+                             "(basic.auth.user.info); never logged")
     parser.add_argument("--schema_file", default=None, help="writer schema in schemas/")
     args = parser.parse_args(argv)
 
     schema_file = args.schema_file or SCHEMA_FILES[args.pipeline]
-    schema_id = (registry_schema_id(args.schema_registry_url, f"{args.topic}-value", schema_file)
-                 if args.schema_registry_url else None)
+    schema_id = None
+    if args.schema_registry_url:
+        config = client_config(args.schema_registry_config, "--schema_registry_config")
+        try:
+            schema_id = registry_schema_id(args.schema_registry_url, f"{args.topic}-value",
+                                           schema_file, config)
+        except SchemaRefused as e:
+            print(f"{e}; nothing sent", file=sys.stderr)
+            sys.exit(2)
     if args.input:
         events, bad = read_events(args.input, EventSchema(schema_file))
         if bad:

@@ -30,7 +30,7 @@ from typing import Any
 
 from pipelines.catalogue import PIPELINES
 from pipelines.generate import StreamSpec, generate
-from pipelines.produce import SCHEMA_FILES, EventProducer
+from pipelines.produce import SCHEMA_FILES, EventProducer, registry_schema_id
 from runners.freshness import FreshnessProbe
 from runners.services import LocalServices
 from runtime import metrics
@@ -110,8 +110,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     services = LocalServices()
     already_up = {name for name, h in services.recorded().items() if h.alive()}
-    print("starting local services (Kafka, Redis, Flink: 2 TaskManagers + Python worker "
-          "pools, RocksDB, Prometheus; expansion, job server)...", flush=True)
+    print("starting local services (Kafka, Redis, schema registry, Flink: 2 TaskManagers + "
+          "Python worker pools, RocksDB, Prometheus; expansion, job server)...", flush=True)
     services.up()
     try:
         run_jobs(services, args)
@@ -131,6 +131,7 @@ def submit_detached(services: LocalServices, pipeline: str, topic: str, job_name
            f"--flink_master={ports.flink_master}", f"--job_endpoint={ports.job_endpoint}",
            f"--environment_config={ports.worker_pool_address}",
            f"--expansion_service={ports.expansion_address}",
+           f"--schema_registry_url={ports.registry_url}",
            f"--redis_url=redis://127.0.0.1:{ports.redis}/0",
            f"--state_backend_storage_path={services.checkpoint_dir.resolve().as_uri()}",
            f"--checkpointing_interval={checkpoint_ms}", "--min_pause_between_checkpoints=2000",
@@ -212,7 +213,12 @@ def produce_and_report(services: LocalServices, args: Any, topics: dict[str, str
 
     ports = services.ports
     client = redis.Redis(port=ports.redis)
-    producers = {p: EventProducer(ports.bootstrap_servers, topics[p], SCHEMA_FILES[p])
+    # The producers register their schemas under <topic>-value and send the registry's ids.
+    ids = {p: registry_schema_id(ports.registry_url, f"{topics[p]}-value", SCHEMA_FILES[p])
+           for p in PIPELINE_NAMES}
+    print("schemas registered: " + ", ".join(f"{topics[p]}-value id {ids[p]}"
+                                             for p in PIPELINE_NAMES), flush=True)
+    producers = {p: EventProducer(ports.bootstrap_servers, topics[p], SCHEMA_FILES[p], ids[p])
                  for p in PIPELINE_NAMES}
     for p in PIPELINE_NAMES:
         warm_up(producers[p], client, event=warm_up_event(p))

@@ -4,10 +4,12 @@
 #       kafka/  Kafka 3.9.1 broker (KRaft) + reload4j logging
 #       beam/   Beam 2.62.0 Flink 1.19 job server + Kafka expansion service + RocksDB
 #       sql/    Flink SQL Kafka connector 3.2.0-1.19 (the Flink SQL peer)
+#       registry/  Apicurio Registry 3.3.3, the released Quarkus app (schema registry)
 #   - the Flink 1.19.0 distribution (bundled in the apache-flink wheel) in a
 #     separate venv $RTF_CACHE/flink-venv (never the project venv: it pins an old Beam),
 #     with py4j and ruamel.yaml for PyFlink's Table API client
 #   - redis-server (Debian package), Java 17 and Maven if missing
+#   - a Java 21 or newer for the schema registry (found, or installed from apt)
 # A warm machine returns in well under a second (stamp files).
 set -euo pipefail
 
@@ -41,11 +43,30 @@ JAR_STAMP="$RTF_CACHE/jars/.stamp-$POM_HASH"
 if [ ! -f "$JAR_STAMP" ]; then
   log "fetching jars with Maven into $RTF_CACHE/jars"
   start=$(date +%s)
-  rm -rf "$RTF_CACHE/jars/kafka" "$RTF_CACHE/jars/beam" "$RTF_CACHE/jars/sql" "$RTF_CACHE"/jars/.stamp-*
+  rm -rf "$RTF_CACHE/jars/kafka" "$RTF_CACHE/jars/beam" "$RTF_CACHE/jars/sql" \
+    "$RTF_CACHE/jars/registry" "$RTF_CACHE"/jars/.stamp-*
   mvn -B -q -f "$ROOT/runners/jars/pom.xml" package -Drtf.jars="$RTF_CACHE/jars"
   touch "$JAR_STAMP"
-  log "jars: $(ls "$RTF_CACHE/jars/kafka" | wc -l) kafka, $(ls "$RTF_CACHE/jars/beam" | wc -l) beam ($(du -sh "$RTF_CACHE/jars" | cut -f1)) in $(( $(date +%s) - start ))s"
+  log "jars: $(ls "$RTF_CACHE/jars/kafka" | wc -l) kafka, $(ls "$RTF_CACHE/jars/beam" | wc -l) beam, registry $(du -sh "$RTF_CACHE/jars/registry" | cut -f1) ($(du -sh "$RTF_CACHE/jars" | cut -f1)) in $(( $(date +%s) - start ))s"
 fi
+
+# --- Java for the schema registry (its classes are Java 21) -----------------
+java_feature() { "$1" -XshowSettings:properties -version 2>&1 | sed -n 's/^ *java.specification.version = //p'; }
+REGISTRY_JAVA=""
+for candidate in "${RTF_REGISTRY_JAVA:-}" "$(command -v java || true)" /usr/lib/jvm/*/bin/java; do
+  if [ -n "$candidate" ] && [ -x "$candidate" ] && [ "$(java_feature "$candidate")" -ge 21 ] 2>/dev/null; then
+    REGISTRY_JAVA="$candidate"; break
+  fi
+done
+if [ -z "$REGISTRY_JAVA" ]; then
+  log "installing a Java 21+ for the schema registry"
+  apt_install openjdk-21-jre-headless || apt_install openjdk-25-jre-headless || true
+  for candidate in /usr/lib/jvm/*/bin/java; do
+    if [ "$(java_feature "$candidate")" -ge 21 ] 2>/dev/null; then REGISTRY_JAVA="$candidate"; break; fi
+  done
+fi
+[ -n "$REGISTRY_JAVA" ] || { log "no Java 21 or newer found or installable (set RTF_REGISTRY_JAVA)"; exit 1; }
+echo "$REGISTRY_JAVA" > "$RTF_CACHE/registry-java"
 
 # --- Flink distribution ----------------------------------------------------
 FLINK_VENV="$RTF_CACHE/flink-venv"

@@ -52,3 +52,22 @@ def classpath(jar_dir: Path) -> str:
     if not jar_dir.is_dir() or not any(jar_dir.glob("*.jar")):
         raise ServiceError(f"no jars in {jar_dir}; run runners/install_runtime.sh")
     return str(jar_dir / "*")
+
+
+def registry_home() -> Path:
+    """The unpacked Apicurio Registry application (``quarkus-run.jar`` and its libs)."""
+    home = cache_dir() / "jars" / "registry"
+    if not (home / "quarkus-run.jar").exists():
+        raise ServiceError(f"no schema registry under {home}; run runners/install_runtime.sh")
+    return home
+
+
+def registry_java() -> str:
+    """The Java 21+ that install_runtime.sh found for the schema registry."""
+    recorded = cache_dir() / "registry-java"
+    java = os.environ.get("RTF_REGISTRY_JAVA") or (
+        recorded.read_text().strip() if recorded.exists() else "")
+    if not java or not Path(java).exists():
+        raise ServiceError("no Java 21+ recorded for the schema registry; "
+                           "run runners/install_runtime.sh (or set RTF_REGISTRY_JAVA)")
+    return java

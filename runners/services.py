@@ -6,7 +6,7 @@ cache (``$RTF_CACHE``, default ``~/.cache/rtfeatures``).
 
 CLI::
 
-    python -m runners.services up [--only kafka,redis,flink,expansion,jobserver]
+    python -m runners.services up [--only kafka,redis,registry,flink,expansion,jobserver]
     python -m runners.services status
     python -m runners.services down
     python -m runners.services create-topic NAME [--partitions N]
@@ -22,12 +22,12 @@ Each service is started in its own process group; its pid, port and command
 are written to ``<state_dir>/pids/<name>.json`` so ``down`` stops exactly
 what ``up`` started (SIGTERM to the group, SIGKILL after a grace period).
 Logs of all services go to ``<state_dir>/logs``. Readiness probes: Kafka's
-metadata (``confluent_kafka`` AdminClient), Redis PING (``redis``), Flink's
-REST ``/overview``, and open ports for the rest.
+metadata (``confluent_kafka`` AdminClient), Redis PING (``redis``), the schema
+registry's ``/health/ready``, Flink's REST ``/overview``, and open ports for the rest.
 
 This module is the set and its CLI; each service lives in a module of its own
-(``runners.kafka_broker``, ``runners.redis_server``, ``runners.flink_cluster``,
-``runners.beam_services``), on top of the process supervision in
+(``runners.kafka_broker``, ``runners.redis_server``, ``runners.schema_registry``,
+``runners.flink_cluster``, ``runners.beam_services``), on top of the process supervision in
 ``runners.process`` and the cache paths in ``runners.runtime_cache``. The names
 callers use are importable from here too.
 """
@@ -94,13 +94,15 @@ from runners.runtime_cache import (
     java_bin,
     kafka_jars_dir,
 )
+from runners.schema_registry import REGISTRY_HEAP, RegistryUser, registry_ready, start_registry
 from runtime.endpoints import POOL_HOST_NAME, ServicePorts, default_state_dir
 from runtime.ports import free_port
 
 __all__ = [
     "BEAM_JAVA_VERSION", "EXPANSION_HEAP", "FLINK_JM_PROCESS_SIZE", "FLINK_TASKMANAGERS",
     "FLINK_TM_PROCESS_SIZE", "FLINK_TM_SLOTS", "FLINK_VERSION", "JOBSERVER_HEAP", "KAFKA_HEAP",
-    "POOL_HOST_NAME", "REDIS_MAXMEMORY", "REPO_ROOT", "SERVICE_ORDER", "LocalServices",
+    "POOL_HOST_NAME", "REDIS_MAXMEMORY", "REGISTRY_HEAP", "REPO_ROOT", "SERVICE_ORDER",
+    "LocalServices", "RegistryUser",
     "ServiceError", "ServiceHandle", "ServicePorts", "beam_jars_dir", "cache_dir", "classpath",
     "default_state_dir", "flink_home", "flink_overview", "free_port", "group_alive",
     "http_json", "java_bin", "kafka_create_topic", "kafka_jars_dir", "kafka_metadata",
@@ -116,10 +118,11 @@ _pid_alive = pid_alive
 _classpath = classpath
 _properties_text = properties_text
 
-SERVICE_ORDER: tuple[str, ...] = ("kafka", "redis", "flink", "expansion", "jobserver")
-# Memory budget (2 cores / 24 GiB box), ~5.5 GiB for everything: KAFKA_HEAP, REDIS_MAXMEMORY,
-# FLINK_JM_PROCESS_SIZE + FLINK_TASKMANAGERS x FLINK_TM_PROCESS_SIZE, EXPANSION_HEAP,
-# JOBSERVER_HEAP.
+SERVICE_ORDER: tuple[str, ...] = ("kafka", "redis", "registry", "flink", "expansion",
+                                   "jobserver")
+# Memory budget (2 cores / 24 GiB box), ~6 GiB for everything: KAFKA_HEAP, REDIS_MAXMEMORY,
+# REGISTRY_HEAP, FLINK_JM_PROCESS_SIZE + FLINK_TASKMANAGERS x FLINK_TM_PROCESS_SIZE,
+# EXPANSION_HEAP, JOBSERVER_HEAP.
 
 
 # --------------------------------------------------------------------------- the set
@@ -131,7 +134,8 @@ class LocalServices:
     State (pid files, data, checkpoints) lives under ``state_dir``; logs under
     ``state_dir/logs``. ``down()`` stops every service recorded in the pid files.
     ``flink_config`` adds Flink settings to the generated ``config.yaml``
-    (benchmarks: a 1 s REST metrics refresh instead of 10 s).
+    (benchmarks: a 1 s REST metrics refresh instead of 10 s). ``registry_users``
+    turns on the schema registry's basic auth with those users.
     """
 
     def __init__(
@@ -140,6 +144,7 @@ class LocalServices:
         state_dir: Path | None = None,
         services: Iterable[str] = SERVICE_ORDER,
         flink_config: Mapping[str, Any] | None = None,
+        registry_users: Iterable[RegistryUser] = (),
     ) -> None:
         self.state_dir = Path(state_dir) if state_dir else default_state_dir()
         self.ports = ports or self._recorded_ports() or ServicePorts.from_env()
@@ -149,6 +154,7 @@ class LocalServices:
             raise ValueError(f"unknown services: {sorted(unknown)}")
         self.handles: dict[str, ServiceHandle] = {}
         self.flink_config = dict(flink_config or {})
+        self.registry_users = tuple(registry_users)
 
     # paths
     @property
@@ -217,6 +223,10 @@ class LocalServices:
                     )
                 elif name == "redis":
                     self._record(start_redis(self.ports.redis, self.state_dir, self.log_dir))
+                elif name == "registry":
+                    self._record(start_registry(self.ports.registry, self.ports.registry_health,
+                                                self.state_dir, self.log_dir,
+                                                self.registry_users))
                 elif name == "expansion":
                     self._record(start_expansion_service(self.ports.expansion, self.log_dir))
                 elif name == "jobserver":
@@ -238,6 +248,7 @@ class LocalServices:
             "flink-taskmanager-0",
             "worker-pool-0",
             "flink-jobmanager",
+            "registry",
             "redis",
             "kafka",
         ]
@@ -282,6 +293,9 @@ class LocalServices:
                         probe = {"topics": kafka_metadata(h.port)["topics"]}
                     elif name == "redis":
                         probe = {"ping": redis_ping(h.port)}
+                    elif name == "registry":
+                        probe = {"ready": registry_ready(self.ports.registry_health),
+                                 "url": self.ports.registry_url}
                     elif name == "flink-jobmanager":
                         ov = flink_overview(h.port) or {}
                         probe = {
@@ -314,6 +328,9 @@ class LocalServices:
         return {
             "KAFKA_PORT": str(self.ports.kafka),
             "REDIS_PORT": str(self.ports.redis),
+            "REGISTRY_PORT": str(self.ports.registry),
+            "REGISTRY_HEALTH_PORT": str(self.ports.registry_health),
+            "SCHEMA_REGISTRY_URL": self.ports.registry_url,
             "FLINK_REST_PORT": str(self.ports.flink_rest),
             "EXPANSION_PORT": str(self.ports.expansion),
             "JOB_SERVER_PORT": str(self.ports.job),

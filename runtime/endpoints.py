@@ -1,7 +1,7 @@
 """Where a job's local cluster listens, and where its state goes.
 
-The ports of the local runtime (Kafka, Redis, Flink, the Beam job and
-expansion services, the Python worker pools) with their environment
+The ports of the local runtime (Kafka, Redis, the schema registry, Flink, the
+Beam job and expansion services, the Python worker pools) with their environment
 overrides. ``pipelines`` reads them for its ``--runner=FlinkRunner``
 defaults; the local-services harness (``runners.services``) starts services on them.
 """
@@ -48,6 +48,9 @@ class ServicePorts:
     worker_pool: int = 50000
     # Flink's Prometheus reporter: the JobManager on this port, TaskManager i on port + 1 + i.
     prometheus: int = 9249
+    # The schema registry's API, and its health checks (a port of their own).
+    registry: int = 8085
+    registry_health: int = 8086
 
     @classmethod
     def from_env(cls) -> ServicePorts:
@@ -64,6 +67,8 @@ class ServicePorts:
             artifact=_env_port("ARTIFACT_PORT", 8098),
             worker_pool=_env_port("WORKER_POOL_PORT", 50000),
             prometheus=_env_port("PROMETHEUS_PORT", 9249),
+            registry=_env_port("REGISTRY_PORT", 8085),
+            registry_health=_env_port("REGISTRY_HEALTH_PORT", _env_port("REGISTRY_PORT", 8085) + 1),
         )
 
     @classmethod
@@ -100,6 +105,11 @@ class ServicePorts:
     @property
     def worker_pool_address(self) -> str:
         return f"{POOL_HOST_NAME}:{self.worker_pool}"
+
+    @property
+    def registry_url(self) -> str:
+        """The schema registry's Confluent-compatible API (``--schema_registry_url``)."""
+        return f"http://127.0.0.1:{self.registry}/apis/ccompat/v7"
 
     @property
     def job_endpoint(self) -> str:

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -73,12 +75,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=50000, help="port to listen on")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    server = serve(args.host, args.port)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
-    server.stop(5).wait()
+    with tempfile.TemporaryDirectory(prefix="rtf-worker-pool-") as scratch:
+        # Workers inherit TMPDIR: their scratch space goes when the pool does, even
+        # for workers the pool had to SIGKILL.
+        os.environ["TMPDIR"] = scratch
+        tempfile.tempdir = None
+        server = serve(args.host, args.port)
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        stop.wait()
+        server.stop(5).wait()
     return 0
 
 

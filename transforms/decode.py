@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import struct
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -231,21 +232,42 @@ def parse_json_line(line: str | bytes, schema: EventSchema) -> dict[str, Any]:
     return event
 
 
+class RegistryUnavailable(RuntimeError):
+    """The schema registry did not answer (or answered with a server error) for
+    longer than the catalogue retries: the bundle fails and is retried, rather
+    than turning valid records into dead letters."""
+
+
 class SchemaCatalogue:
-    """Finds writer schemas by Confluent schema id.
+    """Finds writer schemas by Confluent schema id, cached per id.
 
     Args:
-        registry_url: a Confluent schema registry; ``None`` uses the local
-            ``schemas/catalogue.json``.
+        registry_url: a Confluent-compatible schema registry (for Apicurio,
+            ``.../apis/ccompat/v7``); ``None`` uses the local ``schemas/catalogue.json``.
+        registry_config: more ``SchemaRegistryClient`` settings, e.g.
+            ``basic.auth.user.info``; they go to the client only, never to logs.
+        retry_s: how long a lookup keeps retrying a registry that does not answer.
     """
 
-    def __init__(self, registry_url: str | None = None) -> None:
+    UNKNOWN_ID_TTL_S = 60.0  # how long an id the registry does not know stays unknown
+
+    def __init__(self, registry_url: str | None = None,
+                 registry_config: dict[str, str] | None = None, retry_s: float = 60.0) -> None:
         self._registry_url = registry_url
+        self._registry_config = dict(registry_config or {})
+        self._retry_s = retry_s
         self._cache: dict[int, Any] = {}
+        self._unknown: dict[int, float] = {}
         self._client: Any = None
 
+    @property
+    def where(self) -> str:
+        """Where ids are looked up, for messages (the registry URL has no credentials)."""
+        return "the schema registry" if self._registry_url else "schemas/catalogue.json"
+
     def writer_schema(self, schema_id: int) -> Any:
-        """The parsed writer schema for ``schema_id``; ``KeyError`` if unknown."""
+        """The parsed writer schema for ``schema_id``; ``KeyError`` if unknown;
+        ``RegistryUnavailable`` if the registry stays unreachable."""
         if schema_id not in self._cache:
             self._cache[schema_id] = self._lookup(schema_id)
         return self._cache[schema_id]
@@ -253,15 +275,45 @@ class SchemaCatalogue:
     def _lookup(self, schema_id: int) -> Any:
         if self._registry_url is None:
             return schemas.load_schema(schemas.catalogue()[schema_id])
-        if self._client is None:
-            from confluent_kafka.schema_registry import SchemaRegistryClient
-
-            self._client = SchemaRegistryClient({"url": self._registry_url})
-        try:
-            text = self._client.get_schema(schema_id).schema_str
-        except Exception as e:  # the registry answers 404 for unknown ids
-            raise KeyError(schema_id) from e
+        unknown_since = self._unknown.get(schema_id)
+        if unknown_since is not None and time.monotonic() - unknown_since < self.UNKNOWN_ID_TTL_S:
+            raise KeyError(schema_id)
+        text = self._fetch(schema_id)
+        self._unknown.pop(schema_id, None)
         return fastavro.parse_schema(json.loads(text), _write_hint=False)
+
+    def _fetch(self, schema_id: int) -> str:
+        from confluent_kafka.schema_registry import SchemaRegistryClient
+        from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+        if self._client is None:
+            self._client = SchemaRegistryClient({"url": self._registry_url,
+                                                 **self._registry_config})
+        deadline, pause = time.monotonic() + self._retry_s, 0.2
+        while True:
+            try:
+                return self._client.get_schema(schema_id).schema_str
+            except SchemaRegistryError as e:
+                if e.http_status_code == 404:
+                    self._unknown[schema_id] = time.monotonic()
+                    raise KeyError(schema_id) from None
+                if e.http_status_code in (401, 403):
+                    raise RegistryUnavailable(
+                        f"the schema registry refused the credentials (HTTP "
+                        f"{e.http_status_code})") from None
+                problem = f"HTTP {e.http_status_code}"
+            except Exception as e:  # connection refused, timeouts, TLS: the client's own
+                problem = type(e).__name__
+            if time.monotonic() > deadline:
+                raise RegistryUnavailable(f"schema id {schema_id}: the schema registry did "
+                                          f"not answer for {self._retry_s:.0f} s ({problem})")
+            _LOG.warning("schema registry lookup of id %d failed (%s); retrying",
+                         schema_id, problem)
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_client": None}
 
 
 def decode_confluent(value: bytes | None, schema: EventSchema,
@@ -279,7 +331,7 @@ def decode_confluent(value: bytes | None, schema: EventSchema,
     try:
         writer = catalogue.writer_schema(schema_id)
     except KeyError:
-        raise InvalidEvent(f"unknown schema id {schema_id}") from None
+        raise InvalidEvent(f"unknown schema id {schema_id} (not in {catalogue.where})") from None
     body = io.BytesIO(value[5:])
     try:
         record = fastavro.schemaless_reader(body, writer, schema.parsed)
@@ -358,17 +410,20 @@ class DecodeConfluentAvro(beam.PTransform):
     Args:
         schema: the reader schema (writer schemas come from the catalogue).
         registry_url: a schema registry, or ``None`` for ``schemas/catalogue.json``.
+        registry_config: more registry client settings (credentials).
     """
 
     def __init__(self, schema: EventSchema, registry_url: str | None = None,
-                 source: str = "kafka") -> None:
+                 source: str = "kafka", registry_config: dict[str, str] | None = None) -> None:
         super().__init__()
         self._schema = schema
         self._registry_url = registry_url
+        self._registry_config = registry_config
         self._source = source
 
     def expand(self, values: beam.PCollection) -> pvalue.DoOutputsTuple:
-        schema, catalogue = self._schema, SchemaCatalogue(self._registry_url)
+        schema = self._schema
+        catalogue = SchemaCatalogue(self._registry_url, self._registry_config)
         return values | "ParseConfluentAvro" >> beam.ParDo(
             _DecodeFn(lambda v: decode_confluent(v, schema, catalogue), schema, self._source)
         ).with_outputs(DEAD, main=EVENTS)

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.generate import StreamSpec, generate, live_spec, write_jsonl
-from pipelines.produce import SCHEMA_FILES, EventProducer, send_all
+from pipelines.produce import SCHEMA_FILES, EventProducer, registry_schema_id, send_all
 from runners import services as rs
 from runners.pipeline_process import PipelineProcess
 from runtime import metrics
@@ -65,10 +65,14 @@ class FlinkRun:
     process: PipelineProcess
     tmp: Path
     settle_ms: int  # the run stops once its watermark has reached this
+    registry: bool = False  # schema ids from the services' schema registry
 
     def send(self, svc: rs.LocalServices) -> None:
-        with EventProducer(svc.ports.bootstrap_servers, self.topic,
-                           SCHEMA_FILES[self.pipeline]) as producer:
+        schema_file = SCHEMA_FILES[self.pipeline]
+        schema_id = (registry_schema_id(svc.ports.registry_url, f"{self.topic}-value",
+                                        schema_file) if self.registry else None)
+        with EventProducer(svc.ports.bootstrap_servers, self.topic, schema_file,
+                           schema_id) as producer:
             assert send_all(producer, self.events, self.spec.rate_per_s) == self.spec.events
 
     def complete(self, svc: rs.LocalServices) -> dict[str, Any]:
@@ -89,8 +93,9 @@ class FlinkRun:
 
 def start_on_flink(svc: rs.LocalServices, pipeline: str, spec: StreamSpec, topic: str,
                    redis_db: int, tmp: Path, parallelism: int = 1,
-                   extra: tuple[str, ...] = ()) -> FlinkRun:
-    """Starts the pipeline process (as a user would), with a live stream to send.
+                   extra: tuple[str, ...] = (), registry: bool = False) -> FlinkRun:
+    """Starts the pipeline process (as a user would), with a live stream to send
+    (``registry``: its schema ids registered in, and resolved through, the registry).
 
     Live, because that is what the Kafka path is for: KafkaIO moves an idle
     partition's watermark to the wall clock, so months-old event times sent
@@ -107,8 +112,10 @@ def start_on_flink(svc: rs.LocalServices, pipeline: str, spec: StreamSpec, topic
         *service_args(svc, parallelism), f"--topic={topic}", f"--max_records={spec.events}",
         "--run_timeout_s=600", f"--redis_url=redis://127.0.0.1:{svc.ports.redis}/{redis_db}",
         f"--feature_log={tmp / f'{topic}.jsonl'}", f"--late_output={tmp / f'{topic}-late.jsonl'}",
-        f"--stop_at_watermark_ms={settle_ms}", *extra], tmp, topic)
-    return FlinkRun(pipeline, topic, spec, events, process, tmp, settle_ms)
+        f"--stop_at_watermark_ms={settle_ms}",
+        *([f"--schema_registry_url={svc.ports.registry_url}"] if registry else []),
+        *extra], tmp, topic)
+    return FlinkRun(pipeline, topic, spec, events, process, tmp, settle_ms, registry)
 
 
 def redis_client(svc: rs.LocalServices, db: int) -> Any:
@@ -122,11 +129,18 @@ def active_jobs(svc: rs.LocalServices) -> list[dict[str, Any]]:
 
 
 def test_both_pipelines_at_once_on_one_cluster(svc, tmp_path):
-    """Both pipelines launched together, as a user running both would: each process
-    follows, stops and names its own job, and both match the reference."""
+    """Both pipelines launched together, as a user running both would, their schema ids
+    from the schema registry: each process follows, stops and names its own job, and
+    both match the reference."""
     dbs = {"user": 1, "ride": 2}
+    # Registry credentials ride along (the local registry has no auth and ignores them):
+    # they reach the registry client and neither the job's options nor any output.
+    secret = f"registry-{time.time_ns()}"
+    registry_config = json.dumps({"basic.auth.user.info": f"e2e:{secret}"})
     runs = {p: start_on_flink(svc, p, SPEC, f"{p}-e2e", db, tmp_path,
-                              extra=(f"--job_name=e2e-{p}-features",))
+                              extra=(f"--job_name=e2e-{p}-features",
+                                     f"--schema_registry_config={registry_config}"),
+                              registry=True)
             for p, db in dbs.items()}
     try:
         jids = {p: run.process.wait_running() for p, run in runs.items()}
@@ -150,7 +164,10 @@ def test_both_pipelines_at_once_on_one_cluster(svc, tmp_path):
         assert jid == jids[p]
         assert summary["flink.job_name"] == f"e2e-{p}-features" == listed[jid]["name"]
         assert [j for j in listed.values() if j["name"] == f"e2e-{p}-features"] == [listed[jid]]
-        assert job_user_config(svc.ports.flink_rest, jid)["topic"] == run.topic
+        options = job_user_config(svc.ports.flink_rest, jid)
+        assert options["topic"] == run.topic
+        assert options["schema_registry_config"] == "<redacted>"
+        assert secret not in json.dumps(options)
         # The process cancelled its job itself on the way out.
         assert run.process.state_at_exit == "CANCELED"
         assert summary["flink.state_backend"] == "RocksDBStateBackend"
@@ -161,6 +178,8 @@ def test_both_pipelines_at_once_on_one_cluster(svc, tmp_path):
                 else reference.ride_features(run.events, watermark_ms=run.settle_ms))
         assert redis_features(redis_client(svc, dbs[p])) == want
     assert active_jobs(svc) == []
+    outputs = [p for d in (tmp_path, svc.log_dir) for p in d.rglob("*") if p.is_file()]
+    assert outputs and not [p for p in outputs if secret in p.read_text(errors="replace")]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

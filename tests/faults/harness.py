@@ -24,7 +24,7 @@ from typing import Any
 import redis
 
 from pipelines.generate import StreamSpec, generate, live_spec
-from pipelines.produce import SCHEMA_FILES, EventProducer
+from pipelines.produce import SCHEMA_FILES, EventProducer, registry_schema_id
 from runners import services as rs
 from runners.pipeline_process import PipelineProcess
 from runtime import metrics
@@ -74,13 +74,16 @@ class PipelineRun(PipelineProcess):
         workdir: where the process's output files go.
         name: a label for the output files.
         root: the source tree of the job (another version of it: ``git archive``).
+        pool: whether the job's Python workers run in the worker pools (without: the
+            flags give no pool address, for a job given ``--environment_type=LOOPBACK``).
     """
 
     def __init__(self, svc: rs.LocalServices, pipeline: str, args: list[str], workdir: Path,
-                 name: str, parallelism: int = 1, root: Path = ROOT) -> None:
+                 name: str, parallelism: int = 1, root: Path = ROOT, pool: bool = True) -> None:
         self.svc = svc
-        super().__init__(svc.ports.flink_rest, pipeline, [*flink_args(svc, parallelism), *args],
-                         workdir, name, root)
+        runner = [a for a in flink_args(svc, parallelism)
+                  if pool or not a.startswith("--environment_config=")]
+        super().__init__(svc.ports.flink_rest, pipeline, [*runner, *args], workdir, name, root)
 
 
 def wait_restored_and_checkpointed(svc: rs.LocalServices, jid: str, before: dict | None,
@@ -110,6 +113,14 @@ def wait_checkpointed(svc: rs.LocalServices, jid: str, timeout: float = 120) -> 
         time.sleep(1)
 
 
+def job_counters(svc: rs.LocalServices, jid: str) -> dict[tuple[str, str], int]:
+    """The Beam counters of running job ``jid``, summed over its TaskManagers, as
+    Flink's Prometheus reporter exports them (updated every few seconds)."""
+    name = _rest(svc.ports.flink_rest, f"/jobs/{jid}")["name"]
+    samples = metrics.scrape(metrics.endpoints(svc.ports.prometheus_ports()))
+    return metrics.beam_counters(samples, name)
+
+
 def job_parallelism(svc: rs.LocalServices, jid: str) -> int:
     """The highest parallelism among the job's vertices."""
     return max(v["parallelism"] for v in _rest(svc.ports.flink_rest, f"/jobs/{jid}")["vertices"])
@@ -128,18 +139,23 @@ def taskmanager_index(svc: rs.LocalServices) -> dict[str, int]:
     return out
 
 
-def taskmanagers_of(svc: rs.LocalServices, jid: str) -> set[int]:
-    """The indexes of the TaskManagers that run a subtask of job ``jid``."""
+def taskmanagers_of(svc: rs.LocalServices, jid: str, timeout: float = 60) -> set[int]:
+    """The indexes of the TaskManagers that run a subtask of job ``jid`` (waiting while a
+    just-started job still has subtasks not deployed: ``_unassigned_``)."""
     index = taskmanager_index(svc)
     port = svc.ports.flink_rest
-    found: set[int] = set()
-    for vertex in _rest(port, f"/jobs/{jid}")["vertices"]:
-        for tm in _rest(port, f"/jobs/{jid}/vertices/{vertex['id']}/taskmanagers")[
-                "taskmanagers"]:
-            tm_id = metrics.flink_label(tm.get("taskmanager-id") or tm.get("taskmanagerId"))
-            assert tm_id in index, f"TaskManager {tm_id} of job {jid} not among {index}"
-            found.add(index[tm_id])
-    return found
+    deadline = time.monotonic() + timeout
+    while True:
+        ids = {metrics.flink_label(tm.get("taskmanager-id") or tm.get("taskmanagerId"))
+               for vertex in _rest(port, f"/jobs/{jid}")["vertices"]
+               for tm in _rest(port, f"/jobs/{jid}/vertices/{vertex['id']}/taskmanagers")[
+                   "taskmanagers"]}
+        if ids <= set(index) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    unknown = ids - set(index)
+    assert not unknown, f"TaskManagers {unknown} of job {jid} not among {index}"
+    return {index[tm_id] for tm_id in ids}
 
 
 def submit_detached(svc: rs.LocalServices, pipeline: str, name: str, flags: list[str]) -> str:
@@ -169,18 +185,26 @@ def pipeline_flags(topic: str, redis_url: str, records: int, stop_at_ms: int,
 
 def send_in_background(svc: rs.LocalServices, topic: str, pipeline: str,
                        items: list[Any], rate_per_s: float,
-                       schema_file: str | None = None) -> threading.Thread:
+                       schema_file: str | None = None, registry: bool = False
+                       ) -> threading.Thread:
     """Sends ``items`` at a rate in a thread: an event dict, or ``(bytes, key)`` raw.
 
     A ``("schema", file)`` item switches the writer schema (schema evolution).
+    With ``registry`` the writer schemas are registered under ``<topic>-value``
+    in the services' schema registry and records carry its ids, as
+    ``pipelines.produce --schema_registry_url`` does.
     """
     errors: list[BaseException] = []
     stop = threading.Event()
 
+    def producer_for(file: str) -> EventProducer:
+        schema_id = (registry_schema_id(svc.ports.registry_url, f"{topic}-value", file)
+                     if registry else None)
+        return EventProducer(svc.ports.bootstrap_servers, topic, file, schema_id)
+
     def run() -> None:
         try:
-            producer = EventProducer(svc.ports.bootstrap_servers, topic,
-                                     schema_file or SCHEMA_FILES[pipeline])
+            producer = producer_for(schema_file or SCHEMA_FILES[pipeline])
             started = time.monotonic()
             for n, item in enumerate(items, 1):
                 if stop.is_set():  # the test ended early: no client outlives its broker
@@ -188,7 +212,7 @@ def send_in_background(svc: rs.LocalServices, topic: str, pipeline: str,
                     return
                 if isinstance(item, tuple) and item[0] == "schema":
                     assert producer.close(120) == 0
-                    producer = EventProducer(svc.ports.bootstrap_servers, topic, item[1])
+                    producer = producer_for(item[1])
                     continue
                 if isinstance(item, tuple):
                     value, key = item

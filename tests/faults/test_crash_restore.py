@@ -61,6 +61,8 @@ def test_kills_and_cancellations_restore_exactly(svc, tmp_path, figures):
     try:
         for n, action in enumerate(PLAN, 1):
             time.sleep(rng.uniform(5, 20))
+            # A disruption restores from a checkpoint: the job has one first.
+            h.wait_checkpointed(svc, jid)
             assert sender.is_alive(), "the stream ended before every disruption happened"
             before = _restored(svc, jid)
             t0 = time.monotonic()

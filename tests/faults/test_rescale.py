@@ -79,6 +79,18 @@ def _rescaled_run(svc: rs.LocalServices, tmp_path, steps: tuple[int, ...], seed:
 
 
 @pytest.mark.slow
+def test_stop_with_savepoint_and_restore_at_the_same_parallelism_is_exact(svc, tmp_path,
+                                                                          figures):
+    """p1 -> savepoint -> p1, mid-stream (the control for the rescales): the features
+    equal the reference."""
+    db = 12
+    summary, events, _ = _rescaled_run(svc, tmp_path, (1, 1), 5, db, "faults-resume")
+    figures.update(savepoint_restores=1, valid_records=len(events))
+    assert summary["kafka.records_committed"] == len(events)
+    assert _features(svc, db) == h.reference_for("user")(events)
+
+
+@pytest.mark.slow
 def test_rescale_up_1_to_2_through_a_savepoint_is_exact(svc, tmp_path, figures):
     """p1 -> savepoint -> p2 across both TaskManagers, mid-stream: the features equal the
     reference, no event lost or counted twice."""

@@ -1,11 +1,14 @@
 """Schema evolution on a live topic, and a state layout change between two job versions.
 
-The producer switches from v1 to v2 mid-stream:
-v2 adds the optional ``deviceType`` and is registered under a new schema id
-(2; v1 is 1). A pipeline reading with the v1 schema and one reading with v2
-consume the same topic, each with its own consumer group (the v1 reader live
-through the switch, the v2 reader afterwards from offset 0): both must
-produce the reference features of every event, none a dead letter.
+The producer switches from v1 to v2 mid-stream, through the schema registry of
+the local stack: v2 adds the optional ``deviceType``; both are registered under
+``<topic>-value`` (BACKWARD), and the records carry the ids the registry gave
+(not the local catalogue's). A pipeline reading with the v1 schema and one
+reading with v2 resolve those ids through the registry
+(``--schema_registry_url``) and consume the same topic, each with its own
+consumer group (the v1 reader live through the switch, the v2 reader afterwards
+from offset 0): both must produce the reference features of every event, none
+a dead letter.
 
 The job itself evolves too: the previous version of the ride job (an export
 of ``LAYOUT_1_COMMIT``, whose lifetime counters kept a total beside the
@@ -25,6 +28,7 @@ import pytest
 
 import schemas
 from pipelines.generate import StreamSpec
+from pipelines.produce import registry_schema_id
 from runtime.flink import stop_with_savepoint
 from tests.faults import harness as h
 from tests.integration.test_pipelines import redis_features
@@ -35,10 +39,17 @@ SPEC = StreamSpec(events=800, users=25, rate_per_s=80, disorder_ms=3_000,
 
 @pytest.mark.slow
 def test_v1_and_v2_readers_follow_a_mid_stream_schema_switch(svc, tmp_path, figures):
-    """Half the stream written with v1 (id 1), half with v2 (id 2, deviceType set): the v1
-    reader and the v2 reader both equal the reference; no dead letters."""
+    """Half the stream written with v1, half with v2 (deviceType set), their ids from the
+    registry: the v1 reader and the v2 reader both equal the reference; no dead letters."""
     topic = "faults-schema"
     svc.create_topic(topic, partitions=2)
+    # Another subject first: the registry's ids for v1 and v2 are then not the local
+    # catalogue's (a reader that fell back to it would make dead letters).
+    registry_schema_id(svc.ports.registry_url, "faults-schema-other-value", schemas.RIDE_EVENT)
+    ids = [registry_schema_id(svc.ports.registry_url, f"{topic}-value", f)
+           for f in (schemas.USER_EVENT_V1, schemas.USER_EVENT_V2)]
+    assert ids != [schemas.schema_id_for(schemas.USER_EVENT_V1),
+                   schemas.schema_id_for(schemas.USER_EVENT_V2)], ids
     events = h.live_events("user", SPEC, lead_ms=15_000)
     half = len(events) // 2
     v2 = [{**e, "deviceType": ("ios", "android", "web")[i % 3]}
@@ -55,6 +66,7 @@ def test_v1_and_v2_readers_follow_a_mid_stream_schema_switch(svc, tmp_path, figu
         flags = h.pipeline_flags(
             topic, f"redis://127.0.0.1:{svc.ports.redis}/{db}", len(events), stop_at,
             tmp_path, f"--consumer_group=faults-schema-{reader}",
+            f"--schema_registry_url={svc.ports.registry_url}",
             f"--reader_schema=user_interaction_event_{reader}.avsc",
             f"--dead_letter={tmp_path / f'dead-{reader}.jsonl'}")
         run = h.PipelineRun(svc, "user", flags, tmp_path, f"schema-{reader}")
@@ -63,7 +75,8 @@ def test_v1_and_v2_readers_follow_a_mid_stream_schema_switch(svc, tmp_path, figu
             if reader == "v1":
                 h.join_sender(h.send_in_background(svc, topic, "user", items,
                                                    SPEC.rate_per_s,
-                                                   schema_file=schemas.USER_EVENT_V1))
+                                                   schema_file=schemas.USER_EVENT_V1,
+                                                   registry=True))
             summary = run.finish()
         finally:
             run.kill()
@@ -71,7 +84,8 @@ def test_v1_and_v2_readers_follow_a_mid_stream_schema_switch(svc, tmp_path, figu
         dead = tmp_path / f"dead-{reader}.jsonl"
         results[reader] = (summary, got, dead.read_text().splitlines() if dead.exists() else [])
     want = h.reference_for("user")(events)
-    figures.update(v1_records=half, v2_records=len(events) - half, valid_records=len(events))
+    figures.update(v1_records=half, v2_records=len(events) - half, valid_records=len(events),
+                   registry_ids="/".join(map(str, ids)))
     for reader, (summary, got, dead) in results.items():
         assert summary["kafka.records_committed"] == len(events), reader
         assert dead == [], (reader, dead[:2])
@@ -104,7 +118,10 @@ def test_state_layout_change_restores_from_savepoint(svc, tmp_path, figures):
     events = h.live_events("ride", LAYOUT_SPEC, lead_ms=20_000)
     flags = h.pipeline_flags(topic, f"redis://127.0.0.1:{svc.ports.redis}/{db}", len(events),
                              h.settle_ms(events), tmp_path, f"--consumer_group={group}")
-    run = h.PipelineRun(svc, "ride", flags, tmp_path, "layout-1", root=old)
+    # LOOPBACK for the old version: its code exists only in its export, and a worker
+    # pool runs the installed version (a pool is deployed with its job's image).
+    run = h.PipelineRun(svc, "ride", [*flags, "--environment_type=LOOPBACK"], tmp_path,
+                        "layout-1", root=old, pool=False)
     jid = run.wait_running()
     sender = h.send_in_background(svc, topic, "ride", events, LAYOUT_SPEC.rate_per_s)
     try:

@@ -58,6 +58,7 @@ def test_all_services_ready(svc: rs.LocalServices) -> None:
     assert set(st) == {
         "kafka",
         "redis",
+        "registry",
         "flink-jobmanager",
         "flink-taskmanager-0",
         "flink-taskmanager-1",
@@ -68,6 +69,7 @@ def test_all_services_ready(svc: rs.LocalServices) -> None:
     }
     assert all(s["alive"] for s in st.values()), st
     assert st["redis"]["probe"] == {"ping": True}
+    assert st["registry"]["probe"] == {"ready": True, "url": svc.ports.registry_url}
     fl = st["flink-jobmanager"]["probe"]
     assert (
         fl["taskmanagers"] == 2
@@ -75,6 +77,7 @@ def test_all_services_ready(svc: rs.LocalServices) -> None:
         and fl["flink-version"] == rs.FLINK_VERSION
     )
     assert (svc.log_dir / "kafka.log").exists()
+    assert (svc.log_dir / "registry.log").exists()
     assert (svc.log_dir / "flink-taskmanager-0.log").exists()
 
 

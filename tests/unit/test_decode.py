@@ -120,7 +120,8 @@ def test_confluent_round_trip_and_v1_v2_resolution():
 @pytest.mark.parametrize("mangle, reason", [
     (lambda b: b[:3], "truncated"),
     (lambda b: b"\x01" + b[1:], "wrong magic byte"),
-    (lambda b: b[:1] + struct.pack(">I", 999) + b[5:], "unknown schema id 999"),
+    (lambda b: b[:1] + struct.pack(">I", 999) + b[5:],
+     r"unknown schema id 999 \(not in schemas/catalogue.json\)"),
     (lambda b: b[:-3], "corrupt Avro body"),
     (lambda b: b + b"\x00", "trailing bytes"),
     (lambda b: b[:1] + struct.pack(">I", 3) + b[5:], "corrupt|cannot be read"),

@@ -211,7 +211,7 @@ def test_read_from_kafka_on_flink_rocksdb_checkpoints(
 
 def test_zz_everything_stopped(svc: rs.LocalServices) -> None:
     pids = {name: h.pid for name, h in svc.recorded().items()}
-    assert len(pids) == 9
+    assert len(pids) == 10
     stopped = svc.down()
     assert sorted(stopped) == sorted(pids)
     for name, pid in pids.items():
@@ -219,6 +219,8 @@ def test_zz_everything_stopped(svc: rs.LocalServices) -> None:
     for port in (
         svc.ports.kafka,
         svc.ports.redis,
+        svc.ports.registry,
+        svc.ports.registry_health,
         svc.ports.flink_rest,
         svc.ports.expansion,
         svc.ports.job,

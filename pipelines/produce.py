@@ -33,8 +33,8 @@ SENT_HEADER = "rtf_sent_ms"
 
 
 class SchemaRefused(Exception):
-    """The schema registry would not register a schema (incompatible, invalid,
-    or not allowed); the message is the registry's own."""
+    """The schema registry would not register a schema: incompatible or invalid (the
+    message is the registry's own), or the credentials were missing or not allowed."""
 
 
 def registry_schema_id(url: str, subject: str, schema_file: str,
@@ -50,6 +50,11 @@ def registry_schema_id(url: str, subject: str, schema_file: str,
     try:
         return client.register_schema(subject, Schema(text, "AVRO"))
     except SchemaRegistryError as e:
+        if e.http_status_code in (401, 403):
+            reason = "not authenticated" if e.http_status_code == 401 else "not allowed"
+            raise SchemaRefused(f"could not register {schema_file} under subject {subject!r} "
+                                f"(HTTP {e.http_status_code}: {reason}; check "
+                                f"--schema_registry_config)") from None
         raise SchemaRefused(f"the schema registry refused {schema_file} under subject "
                             f"{subject!r}: HTTP {e.http_status_code}, error {e.error_code}: "
                             f"{e.error_message}") from None

@@ -22,12 +22,10 @@ schemas again when they start (the ids it gives then may differ).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import urllib.error
-import urllib.request
 from pathlib import Path
 
+from runners.flink_cluster import http_json
 from runners.process import ServiceHandle, spawn, wait_ready
 from runners.runtime_cache import registry_home, registry_java
 
@@ -57,10 +55,9 @@ class RegistryUser:
 def registry_ready(health_port: int, timeout: float = 2.0) -> bool:
     """Whether the registry's readiness check (storage included) says UP."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/health/ready",
-                                    timeout=timeout) as r:
-            return r.status == 200 and json.load(r).get("status") == "UP"
-    except (urllib.error.URLError, OSError, ValueError):
+        return http_json(f"http://127.0.0.1:{health_port}/health/ready",
+                         timeout=timeout).get("status") == "UP"
+    except (OSError, ValueError):  # urllib's errors are OSErrors; a 503 is one too
         return False
 
 

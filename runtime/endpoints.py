@@ -56,6 +56,7 @@ class ServicePorts:
     def from_env(cls) -> ServicePorts:
         """Defaults overridden by KAFKA_PORT, REDIS_PORT, FLINK_REST_PORT, EXPANSION_PORT, ..."""
         kafka = _env_port("KAFKA_PORT", 9092)
+        registry = _env_port("REGISTRY_PORT", 8085)
         return cls(
             kafka=kafka,
             kafka_controller=_env_port("KAFKA_CONTROLLER_PORT", kafka + 1),
@@ -67,8 +68,8 @@ class ServicePorts:
             artifact=_env_port("ARTIFACT_PORT", 8098),
             worker_pool=_env_port("WORKER_POOL_PORT", 50000),
             prometheus=_env_port("PROMETHEUS_PORT", 9249),
-            registry=_env_port("REGISTRY_PORT", 8085),
-            registry_health=_env_port("REGISTRY_HEALTH_PORT", _env_port("REGISTRY_PORT", 8085) + 1),
+            registry=registry,
+            registry_health=_env_port("REGISTRY_HEALTH_PORT", registry + 1),
         )
 
     @classmethod

@@ -53,7 +53,9 @@ def worker_environment(args: argparse.Namespace,
                                                       or args.control_endpoint),
         "LOGGING_API_SERVICE_DESCRIPTOR": _descriptor(info.logging_endpoint.url
                                                       or args.logging_endpoint),
-        "SEMI_PERSISTENT_DIRECTORY": args.semi_persistent_directory,
+        # The pool points TMPDIR at a directory of its own, removed when the pool stops.
+        "SEMI_PERSISTENT_DIRECTORY": (args.semi_persistent_directory
+                                      or tempfile.mkdtemp(prefix="rtf-sdk-worker-")),
         "RUNNER_CAPABILITIES": " ".join(info.runner_capabilities),
     }
     if info.status_endpoint.url:
@@ -82,15 +84,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, _ = parser.parse_known_args(argv)
     os.dup2(2, 1)  # the pool pipes stdout and never reads it: print() would fill the pipe
     info = provision_info(args.provision_endpoint, args.id)
-    with tempfile.TemporaryDirectory(prefix="rtf-sdk-worker-") as scratch:
-        args.semi_persistent_directory = args.semi_persistent_directory or scratch
-        env = worker_environment(args, info)
-        os.environ.update(env)
-        if _sizer(json.loads(env["PIPELINE_OPTIONS"])) == "estimate":
-            state_cache.install()
-        from apache_beam.runners.worker import sdk_worker_main
+    env = worker_environment(args, info)
+    os.environ.update(env)
+    if _sizer(json.loads(env["PIPELINE_OPTIONS"])) == "estimate":
+        state_cache.install()
+    from apache_beam.runners.worker import sdk_worker_main
 
-        sdk_worker_main.main(sys.argv)
+    sdk_worker_main.main(sys.argv)
     return 0
 
 

@@ -20,7 +20,7 @@ from apache_beam.options.pipeline_options import (
 
 from pipelines.options import FeatureOptions
 from pipelines.storage import use_emulator_if_set
-from runtime import state_cache
+from runtime import state_cache, transform_ids
 from runtime.direct import apply_direct_preset
 from runtime.flink import (
     ACTIVE_STATES,
@@ -136,6 +136,8 @@ def run(argv: Sequence[str] | None, schema_file: str, features: FeatureGraph,
         naming = options.view_as(GoogleCloudOptions)
         naming.job_name = naming.job_name or f"{name}-{launch.launch_id[:8]}"
     schema = EventSchema(feature_options.reader_schema or schema_file)
+    # Stateful steps keep their ids (and so their timers) across job upgrades.
+    transform_ids.install()
     pipeline = beam.Pipeline(options=options)
     build(pipeline, feature_options, schema, features)
     # The pipeline holds its own copy of the options: that is what the runner sends.

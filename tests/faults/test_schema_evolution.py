@@ -10,11 +10,12 @@ consumer group (the v1 reader live through the switch, the v2 reader afterwards
 from offset 0): both must produce the reference features of every event, none
 a dead letter.
 
-The job itself evolves too: the previous version of the ride job (an export
-of ``LAYOUT_1_COMMIT``, whose lifetime counters kept a total beside the
-per-category counts: state layout 1) is stopped with a savepoint mid-stream,
-and the current version (layout 2, upgraded on read: transforms/state_layout.py)
-restores from it and finishes the stream: the features equal the reference.
+The job itself evolves too: version 1 of the ride job is stopped with a
+savepoint mid-stream, and version 2 (one more feature declared ahead of the
+others, the lifetime counters' state layout bumped and upgraded on read:
+transforms/state_layout.py) restores from it and finishes the stream: its
+steps keep their ids (runtime/transform_ids.py), so their pending timers fire,
+and the features equal the reference.
 """
 
 from __future__ import annotations
@@ -92,66 +93,95 @@ def test_v1_and_v2_readers_follow_a_mid_stream_schema_switch(svc, tmp_path, figu
         assert got == want, reader
 
 
-# The last commit whose LifetimeCounts state is layout 1 ({"n", "c", "max_ts", "clock"}).
-LAYOUT_1_COMMIT = "386febf"
 LAYOUT_SPEC = StreamSpec(events=2_400, users=30, rate_per_s=40, disorder_ms=3_000,
                          late_fraction=0.0, seed=21)
+# Version 2 of the ride job, as a user would write it: one feature declared ahead of
+# the others (with the stages engine, one more stateful step applied before theirs),
+# and the lifetime counters' state layout bumped (2 -> 3, upgraded on first read).
+ADDED_FEATURE = "max_amount_5m"
+VERSION_2 = {
+    Path("pipelines/catalogue.py"): [
+        ("    last,\n", "    last,\n    max_of,\n"),
+        ('    "ride": (\n',
+         '    "ride": (\n'
+         f'        Feature("{ADDED_FEATURE}", **RIDE, aggregation=max_of("amount"),\n'
+         '                window=FixedWindows(5 * 60)),\n'),
+    ],
+    Path("transforms/counters.py"): [
+        ('StateLayout("LifetimeCounts", 2, {1: _drop_total})',
+         'StateLayout("LifetimeCounts", 3, {1: _drop_total, 2: dict})'),
+    ],
+}
 
 
-def export_job_version(commit: str, dest: Path) -> Path:
-    """The source tree of ``commit`` (another version of the job) under ``dest``."""
+def export_job_version(commit: str, dest: Path,
+                       edits: dict[Path, list[tuple[str, str]]] | None = None) -> Path:
+    """The source tree of ``commit`` under ``dest``, with ``edits`` (file -> (old, new)
+    text replacements, each of which must apply): another version of the job."""
     dest.mkdir(parents=True)
     archive = subprocess.run(["git", "-C", str(h.ROOT), "archive", "--format=tar", commit],
                              check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    for path, replacements in (edits or {}).items():
+        text = (dest / path).read_text()
+        for old, new in replacements:
+            assert text.count(old) == 1, f"{path}: {old!r} does not apply"
+            text = text.replace(old, new)
+        (dest / path).write_text(text)
     return dest
 
 
 @pytest.mark.slow
-def test_state_layout_change_restores_from_savepoint(svc, tmp_path, figures):
-    """Job version 1 (counters in layout 1) runs mid-stream and is stopped with a
-    savepoint; version 2 (layout 2) restores from it and finishes: exact features."""
-    old = export_job_version(LAYOUT_1_COMMIT, tmp_path / "job-layout-1")
-    assert '"n": 0' in (old / "transforms" / "counters.py").read_text(), "not layout 1"
-    topic, group, db = "faults-layout", "faults-layout-group", 8
+def test_upgrade_adding_a_feature_and_a_state_layout_restores_from_savepoint(
+        svc, tmp_path, figures):
+    """Version 1 of the ride job (the committed tree, stages engine) runs mid-stream and is
+    stopped with a savepoint; version 2 (a feature declared ahead of the others, the
+    lifetime counters' layout bumped) restores from it and finishes: its stateful steps
+    find their timers under the same ids, the old cells are upgraded, and every feature
+    of version 1 is exact."""
+    old = export_job_version("HEAD", tmp_path / "job-v1")
+    assert (old / "runtime" / "transform_ids.py").exists(), "version 1 numbers its steps"
+    new = export_job_version("HEAD", tmp_path / "job-v2", VERSION_2)
+    topic, group, db = "faults-upgrade", "faults-upgrade-group", 8
     svc.create_topic(topic, partitions=2)
     events = h.live_events("ride", LAYOUT_SPEC, lead_ms=20_000)
-    flags = h.pipeline_flags(topic, f"redis://127.0.0.1:{svc.ports.redis}/{db}", len(events),
-                             h.settle_ms(events), tmp_path, f"--consumer_group={group}")
-    # LOOPBACK for the old version: its code exists only in its export, and a worker
-    # pool runs the installed version (a pool is deployed with its job's image).
-    run = h.PipelineRun(svc, "ride", [*flags, "--environment_type=LOOPBACK"], tmp_path,
-                        "layout-1", root=old, pool=False)
+    flags = [*h.pipeline_flags(topic, f"redis://127.0.0.1:{svc.ports.redis}/{db}",
+                               len(events), h.settle_ms(events), tmp_path,
+                               f"--consumer_group={group}"),
+             "--engine=stages", "--environment_type=LOOPBACK"]
+    # LOOPBACK: each version's code exists only in its export, and a worker pool runs
+    # the installed version (a pool is deployed with its job's image).
+    run = h.PipelineRun(svc, "ride", flags, tmp_path, "upgrade-v1", root=old, pool=False)
     jid = run.wait_running()
     sender = h.send_in_background(svc, topic, "ride", events, LAYOUT_SPEC.rate_per_s)
     try:
         time.sleep(random.Random(8).uniform(25, 40))
         assert sender.is_alive(), "the stream ended before the upgrade"
         savepoint = stop_with_savepoint(svc.ports.flink_rest, jid,
-                                        (svc.savepoint_dir / "layout").resolve().as_uri())
+                                        (svc.savepoint_dir / "upgrade").resolve().as_uri())
         stopped_at = time.monotonic()
         run.kill()
-        # The savepoint holds the per-stage state of version 1's topology: the new
-        # version restores it with the same topology (one fused stage is another one).
-        run = h.PipelineRun(svc, "ride", [*flags, f"--savepoint_path={savepoint}",
-                                          "--engine=stages"], tmp_path, "layout-2")
+        run = h.PipelineRun(svc, "ride", [*flags, f"--savepoint_path={savepoint}"],
+                            tmp_path, "upgrade-v2", root=new, pool=False)
         jid = run.wait_running()
         restored = h.wait_restored_and_checkpointed(svc, jid, None)
         assert restored["is_savepoint"], restored
         upgrade_s = round(time.monotonic() - stopped_at, 1)
         h.join_sender(sender)
+        restarts = h.job_restarts(svc, jid)
         summary = run.finish()
     finally:
         run.kill()
     import redis
 
     got = redis_features(redis.Redis(port=svc.ports.redis, db=db, decode_responses=True))
-    figures.update(layout_versions="1 -> 2", savepoint_restores=1, upgrade_s=upgrade_s,
+    figures.update(versions="1 -> 2 (+1 feature, layout 2 -> 3)", savepoint_restores=1,
+                   upgrade_s=upgrade_s, restarts_after_restore=restarts,
                    valid_records=len(events))
     assert summary["kafka.records_committed"] == len(events)
-    want = h.reference_for("ride")(events)
-    # A feature the old version did not compute starts with the events after the
-    # restore (a new feature needs a replay from offset 0 to cover the past).
-    added = {"distinct_cities_24h"}
-    assert ({u: {f: v for f, v in fs.items() if f not in added} for u, fs in got.items()}
-            == {u: {f: v for f, v in fs.items() if f not in added} for u, fs in want.items()})
+    assert restarts == 0
+    # The added feature starts with the events after the restore (a new feature needs a
+    # replay from offset 0 to cover the past); every other one is exact.
+    assert any(ADDED_FEATURE in fs for fs in got.values()), "version 2 computed nothing new"
+    assert ({u: {f: v for f, v in fs.items() if f != ADDED_FEATURE} for u, fs in got.items()}
+            == h.reference_for("ride")(events))

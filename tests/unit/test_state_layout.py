@@ -1,5 +1,6 @@
 """State layouts across job versions (pure logic; the savepoint restore on Flink is
-tests/faults/test_schema_evolution.py::test_state_layout_change_restores_from_savepoint)."""
+tests/faults/test_schema_evolution.py::
+test_upgrade_adding_a_feature_and_a_state_layout_restores_from_savepoint)."""
 
 from __future__ import annotations
 

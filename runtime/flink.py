@@ -26,7 +26,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -586,18 +586,22 @@ def with_flink_defaults(argv: list[str], **preset: Any) -> list[str]:
     if not is_flink(argv):
         return argv
     given = {a.split("=", 1)[0] for a in argv if a.startswith("--")}
-    bundles = next((a.split("=", 1)[1] for a in argv if a.startswith("--bundle_preset=")),
-                   "low_latency")
+    bundles = _last_value(argv, "--bundle_preset", "low_latency")
     if bundles not in BUNDLE_PRESETS:
         raise SystemExit(f"--bundle_preset={bundles}: one of {', '.join(BUNDLE_PRESETS)}")
     preset = {**BUNDLE_PRESETS[bundles], **preset}
-    given_env = next((a.split("=", 1)[1] for a in argv
-                      if a.startswith("--environment_type=")), "EXTERNAL")
+    given_env = _last_value(argv, "--environment_type", "EXTERNAL")
     if given_env != "EXTERNAL":  # LOOPBACK / PROCESS / DOCKER take no pool address
         given.add("--environment_config")
     defaults = [a for a in FlinkPreset.local(**preset).pipeline_args()
                 if a.split("=", 1)[0] not in given]
     return defaults + argv
+
+
+def _last_value(argv: Sequence[str], flag: str, default: str) -> str:
+    """The value of ``flag`` as Beam's option parser reads it: the last one given wins."""
+    values = [a.split("=", 1)[1] for a in argv if a.startswith(f"{flag}=")]
+    return values[-1] if values else default
 
 
 def rest_port_of(flink_master: str) -> int:

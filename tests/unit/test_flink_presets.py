@@ -49,3 +49,10 @@ def test_jobs_go_to_the_worker_pools_unless_another_environment_is_given():
     loopback = flags("--environment_type=LOOPBACK")
     assert loopback["--environment_type"] == "LOOPBACK"
     assert "--environment_config" not in loopback
+
+
+def test_the_last_environment_and_preset_given_win_as_in_beams_parser():
+    got = flags("--environment_type=EXTERNAL", "--bundle_preset=catch_up",
+                "--environment_type=LOOPBACK", "--bundle_preset=low_latency")
+    assert "--environment_config" not in got
+    assert got["--max_bundle_time_mills"] == "50" and "--max_bundle_size" not in got

@@ -8,7 +8,7 @@
 #   - the Flink 1.19.0 distribution (bundled in the apache-flink wheel) in a
 #     separate venv $RTF_CACHE/flink-venv (never the project venv: it pins an old Beam),
 #     with py4j and ruamel.yaml for PyFlink's Table API client
-#   - redis-server (Debian package), Java 17 and Maven if missing
+#   - redis-server and libjemalloc2 (Debian packages), Java 17 and Maven if missing
 #   - a Java 21 or newer for the schema registry (found, or installed from apt)
 # A warm machine returns in well under a second (stamp files).
 set -euo pipefail
@@ -35,6 +35,10 @@ apt_install() {
 command -v java >/dev/null 2>&1 || { log "installing Java 17"; apt_install openjdk-17-jre-headless; }
 command -v mvn >/dev/null 2>&1 || { log "installing Maven"; apt_install maven; }
 command -v redis-server >/dev/null 2>&1 || { log "installing redis-server"; apt_install redis-server; }
+# Flink's JVMs run on jemalloc, as in Flink's own image (the deployment's); without
+# it they run on glibc's malloc.
+[ -e "/usr/lib/$(uname -m)-linux-gnu/libjemalloc.so.2" ] || {
+  log "installing libjemalloc2"; apt_install libjemalloc2 || log "libjemalloc2 not installable: Flink runs on glibc malloc"; }
 
 # --- jars ------------------------------------------------------------------
 mkdir -p "$RTF_CACHE/jars"

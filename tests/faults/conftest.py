@@ -157,11 +157,14 @@ def render_report(results: Path) -> str:
     lines += [f"- {_TOTALLED[k]}: **{_fmt(v)}**" for k, v in sorted(totals.items())]
     samples = results / "soak_samples.csv"
     if samples.exists():
+        rows = list(csv.reader(samples.read_text().splitlines()))
+        jvm = (" (`rss_mb`), what each TaskManager's JVM says it holds (`jvm_mb`: heap, "
+               "non-heap, direct buffers; the rest of its resident memory is native: "
+               "RocksDB, the allocator)") if any(c.startswith("jvm_mb.") for c in rows[0]) else ""
         lines += ["", "## Soak, minute by minute", "",
                   "Written by `make soak` (`tests/faults/test_soak.py`): resident memory of "
-                  "every process group of the runtime, the latest checkpoint's size and the "
-                  "freshness p99 of each minute.", ""]
-        rows = list(csv.reader(samples.read_text().splitlines()))
+                  f"every process group of the runtime{jvm}, the latest checkpoint's size and "
+                  "the freshness p99 of each minute.", ""]
         lines += ["| " + " | ".join(rows[0]) + " |", "|" + " --- |" * len(rows[0])]
         lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
         if (ROOT / "docs" / "soak.png").exists():

@@ -6,11 +6,14 @@ checkpoints every 2 s) gets a live stream of a fixed population of users
 expire) at ``SOAK_RATE`` events/s. Every minute the test samples the resident
 memory of every process of the runtime (each service's whole process group:
 the TaskManager JVMs, the worker pools and their SDK workers, Kafka, Redis,
-the JobManager, the job and expansion services), the size of the latest
-completed checkpoint, and the freshness p99 of that minute (producer send
--> readable in Redis). After a warm-up, each must be flat: memory and
-checkpoint size within a bounded growth of the warm-up level, freshness
-within a bound and not trending up. ``make soak`` runs it alone and records
+the JobManager, the job and expansion services), what each TaskManager's JVM
+reports on its Prometheus endpoint (heap, non-heap, direct buffers: the rest of
+its resident memory is native), the size of the latest completed checkpoint,
+and the freshness p99 of that minute (producer send -> readable in Redis). The
+TaskManagers' allocator (jemalloc or glibc) is recorded with the figures.
+After a warm-up, each must be flat: memory and checkpoint size within a
+bounded growth of the warm-up level, freshness within a bound and not
+trending up. ``make soak`` runs it alone and records
 the samples, a plot and a row in RELIABILITY.md.
 """
 
@@ -30,6 +33,7 @@ from pipelines.generate import StreamSpec, generate
 from pipelines.produce import SCHEMA_FILES, EventProducer
 from runners import services as rs
 from runners.freshness import FreshnessProbe, percentile
+from runtime import metrics
 from runtime.flink import cancel_job, checkpoint_stats
 from tests.faults import harness as h
 
@@ -46,20 +50,58 @@ SAMPLES = ROOT / "tests" / "faults" / "results" / "soak_samples.csv"
 PLOT = ROOT / "docs" / "soak.png"
 
 
+def _group(pgid: int) -> list[Path]:
+    """The /proc directories of every live process in process group ``pgid``."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[-1].split()[2]) == pgid:
+                out.append(stat.parent)
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
 def _rss_mb(pgid: int) -> float:
     """Resident memory of every live process in process group ``pgid``, in MB."""
     total = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for proc in _group(pgid):
         try:
-            fields = stat.read_text().rsplit(")", 1)[-1].split()
-            if int(fields[2]) != pgid:
-                continue
-            for line in (stat.parent / "status").read_text().splitlines():
+            for line in (proc / "status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1])
         except (OSError, ValueError, IndexError):
             continue
     return round(total / 1024, 1)
+
+
+# What each TaskManager's JVM says it holds (its Prometheus endpoint): the rest of its
+# resident memory is native (RocksDB, the allocator, thread stacks, code).
+JVM_MEMORY = {"heap": "Heap_Used", "nonheap": "NonHeap_Used", "direct": "Direct_MemoryUsed"}
+
+
+def _jvm_mb(svc: rs.LocalServices) -> dict[str, float]:
+    """Per TaskManager i, ``jvm_mb.tm<i>.<heap|nonheap|direct>`` in MB."""
+    out: dict[str, float] = {}
+    for i in range(rs.FLINK_TASKMANAGERS):
+        samples = metrics.scrape(metrics.endpoints([svc.ports.prometheus + 1 + i]))
+        values = {s.name: s.value for s in samples}
+        for short, name in JVM_MEMORY.items():
+            value = values.get(f"flink_taskmanager_Status_JVM_Memory_{name}")
+            if value is not None:
+                out[f"jvm_mb.tm{i}.{short}"] = round(value / 2**20, 1)
+    return out
+
+
+def _on_jemalloc(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` (a TaskManager's JVM) mapped jemalloc."""
+    for proc in _group(pgid):
+        try:
+            if "libjemalloc" in (proc / "maps").read_text():
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def _checkpoint_mb(svc: rs.LocalServices, jid: str) -> float | None:
@@ -96,6 +138,8 @@ def test_soak_at_half_capacity_memory_checkpoints_and_freshness_stay_flat(svc, t
         f"--topic={topic}", f"--redis_url=redis://127.0.0.1:{svc.ports.redis}/{db}",
         f"--dead_letter={tmp_path / 'dead.jsonl'}"])
     rows: list[dict[str, Any]] = []
+    allocator = {n: "jemalloc" if _on_jemalloc(hd.pid) else "glibc"
+                 for n, hd in svc.recorded().items() if n.startswith("flink-taskmanager")}
     try:
         with EventProducer(svc.ports.bootstrap_servers, topic, SCHEMA_FILES["user"]) as producer:
             for minute in range(1, MINUTES + 1):
@@ -117,6 +161,7 @@ def test_soak_at_half_capacity_memory_checkpoints_and_freshness_stay_flat(svc, t
                     "checkpoint_mb": _checkpoint_mb(svc, job),
                     **{f"rss_mb.{n}": _rss_mb(hd.pid) for n, hd in
                        sorted(svc.recorded().items())},
+                    **_jvm_mb(svc),
                 }
                 rows.append(row)
                 print(f"  minute {minute}: {row}", flush=True)
@@ -132,6 +177,7 @@ def test_soak_at_half_capacity_memory_checkpoints_and_freshness_stay_flat(svc, t
     ckpt = [r["checkpoint_mb"] or 0.0 for r in rows]
     p99 = [r["freshness_p99_ms"] for r in rows]
     figures.update(minutes=MINUTES, rate_per_s=SOAK_RATE,
+                   taskmanager_malloc="/".join(sorted(set(allocator.values()))),
                    rss_total_mb_first=round(sum(v[warm] for v in rss.values())),
                    rss_total_mb_last=round(sum(v[-1] for v in rss.values())),
                    checkpoint_mb_first=ckpt[warm], checkpoint_mb_last=ckpt[-1],
@@ -162,16 +208,18 @@ def _record(rows: list[dict[str, Any]]) -> None:
     except ImportError:  # the bench extra is not installed: the CSV is the record
         return
     minutes = [r["minute"] for r in rows]
-    fig, axes = plt.subplots(3, 1, figsize=(9, 10), sharex=True)
-    for key in (k for k in rows[0] if k.startswith("rss_mb.")):
-        axes[0].plot(minutes, [r[key] for r in rows], label=key.split(".", 1)[1])
-    axes[0].set_ylabel("RSS, MB")
-    axes[0].legend(fontsize=7, ncol=3)
-    axes[1].plot(minutes, [r["checkpoint_mb"] or 0 for r in rows], marker="o")
-    axes[1].set_ylabel("checkpoint, MB")
-    axes[2].plot(minutes, [r["freshness_p99_ms"] for r in rows], marker="o")
-    axes[2].set_ylabel("freshness p99, ms")
-    axes[2].set_xlabel("minute")
+    fig, axes = plt.subplots(4, 1, figsize=(9, 12), sharex=True)
+    for ax, prefix, label in ((axes[0], "rss_mb.", "RSS, MB"),
+                              (axes[1], "jvm_mb.", "TaskManager JVM, MB")):
+        for key in (k for k in rows[0] if k.startswith(prefix)):
+            ax.plot(minutes, [r.get(key) for r in rows], label=key.split(".", 1)[1])
+        ax.set_ylabel(label)
+        ax.legend(fontsize=7, ncol=3)
+    axes[2].plot(minutes, [r["checkpoint_mb"] or 0 for r in rows], marker="o")
+    axes[2].set_ylabel("checkpoint, MB")
+    axes[3].plot(minutes, [r["freshness_p99_ms"] for r in rows], marker="o")
+    axes[3].set_ylabel("freshness p99, ms")
+    axes[3].set_xlabel("minute")
     axes[0].set_title(f"Soak: user pipeline at {SOAK_RATE} events/s for {len(rows)} min")
     fig.tight_layout()
     PLOT.parent.mkdir(parents=True, exist_ok=True)

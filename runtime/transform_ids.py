@@ -52,7 +52,3 @@ def _label_ref(self: beam_pipeline.ComponentIdMap, obj: Any = None, obj_type: An
 def install() -> None:
     """From now on, transforms of pipelines built in this process get label ids."""
     beam_pipeline.ComponentIdMap._unique_ref = _label_ref  # type: ignore[method-assign]
-
-
-def installed() -> bool:
-    return beam_pipeline.ComponentIdMap._unique_ref is _label_ref

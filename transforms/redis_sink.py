@@ -234,9 +234,10 @@ class _RedisSinkFn(beam.DoFn):
             for i, bound in enumerate(FRESHNESS_BUCKETS_MS):
                 if lag <= bound:
                     fresh[i] += 1
-        for i, n in enumerate(fresh):
-            if n:
-                self._fresh_le[i].inc(n)
+        # Every bucket is incremented, by 0 too: each series exists from the first flush,
+        # as a Prometheus histogram's buckets do (a dashboard ratio never lacks its term).
+        for counter, n in zip(self._fresh_le, fresh, strict=True):
+            counter.inc(n)
         self._fresh_count.inc(len(self._buffer))
         self._fresh_sum.inc(lag_sum)
         self._buffer = []

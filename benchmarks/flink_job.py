@@ -31,6 +31,7 @@ from benchmarks.measure import slope
 from pipelines.produce import SCHEMA_FILES, EventProducer
 from runners.demo import warm_up
 from runners.pipeline_process import PipelineProcess
+from runners.process import proc_stats
 from runners.services import LocalServices, ServicePorts
 from runtime.flink import _rest, checkpoint_config, service_args
 
@@ -79,13 +80,9 @@ def flink_services() -> Iterator[LocalServices]:
             print(f"  (services' logs kept in {svc.log_dir})", flush=True)
 
 
-def _proc_cpu_s(stat_path: Path) -> tuple[int, float] | None:
-    """(process group, user + system CPU seconds) from ``/proc/<pid>/stat``."""
-    try:
-        fields = stat_path.read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return int(fields[2]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def _cpu_s(stat_fields: list[str]) -> float:
+    """User + system CPU seconds from a process's ``stat`` fields (``proc_stats``)."""
+    return (int(stat_fields[11]) + int(stat_fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class CpuMeter:
@@ -101,13 +98,14 @@ class CpuMeter:
 
     def snapshot(self) -> dict[str, float]:
         by_group: dict[int, float] = {}
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            got = _proc_cpu_s(stat)
-            if got is not None:
-                by_group[got[0]] = by_group.get(got[0], 0.0) + got[1]
+        own = 0.0
+        for proc, fields in proc_stats():
+            cpu_s = _cpu_s(fields)
+            by_group[int(fields[2])] = by_group.get(int(fields[2]), 0.0) + cpu_s
+            if proc.name == str(self._pipeline_pid):
+                own = cpu_s
         out = {name: by_group.get(pgid, 0.0) for name, pgid in self._groups.items()}
-        own = _proc_cpu_s(Path(f"/proc/{self._pipeline_pid}/stat"))
-        out["pipeline process (Python workers)"] = own[1] if own else 0.0
+        out["pipeline process (Python workers)"] = own
         usage = resource.getrusage(resource.RUSAGE_SELF)
         out["benchmark (producer, probe)"] = usage.ru_utime + usage.ru_stime
         return out

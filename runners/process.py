@@ -18,7 +18,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,24 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
+def proc_stats() -> Iterator[tuple[Path, list[str]]]:
+    """Every process's ``/proc/<pid>`` and the fields of its ``stat`` after the name
+    (state first, then ppid, pgrp, ...); processes that vanish meanwhile are skipped."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 2:
+            yield stat.parent, fields
+
+
+def group_members(pgid: int) -> list[Path]:
+    """The ``/proc`` directories of the live (not zombie) processes in group ``pgid``."""
+    return [proc for proc, fields in proc_stats()
+            if fields[2] == str(pgid) and fields[0] != "Z"]
+
+
 def group_alive(pgid: int) -> bool:
     """Whether process group ``pgid`` has a member that is not a zombie."""
     try:
@@ -89,14 +107,7 @@ def group_alive(pgid: int) -> bool:
     except PermissionError:
         return True
     # killpg(0) succeeds while zombies remain; look for a live member.
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[-1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
+    return bool(group_members(pgid))
 
 
 def spawn(

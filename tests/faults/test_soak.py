@@ -33,6 +33,7 @@ from pipelines.generate import StreamSpec, generate
 from pipelines.produce import SCHEMA_FILES, EventProducer
 from runners import services as rs
 from runners.freshness import FreshnessProbe, percentile
+from runners.process import group_members
 from runtime import metrics
 from runtime.flink import cancel_job, checkpoint_stats
 from tests.faults import harness as h
@@ -50,22 +51,10 @@ SAMPLES = ROOT / "tests" / "faults" / "results" / "soak_samples.csv"
 PLOT = ROOT / "docs" / "soak.png"
 
 
-def _group(pgid: int) -> list[Path]:
-    """The /proc directories of every live process in process group ``pgid``."""
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rsplit(")", 1)[-1].split()[2]) == pgid:
-                out.append(stat.parent)
-        except (OSError, ValueError, IndexError):
-            continue
-    return out
-
-
 def _rss_mb(pgid: int) -> float:
     """Resident memory of every live process in process group ``pgid``, in MB."""
     total = 0
-    for proc in _group(pgid):
+    for proc in group_members(pgid):
         try:
             for line in (proc / "status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
@@ -95,7 +84,7 @@ def _jvm_mb(svc: rs.LocalServices) -> dict[str, float]:
 
 def _on_jemalloc(pgid: int) -> bool:
     """Whether a process of group ``pgid`` (a TaskManager's JVM) mapped jemalloc."""
-    for proc in _group(pgid):
+    for proc in group_members(pgid):
         try:
             if "libjemalloc" in (proc / "maps").read_text():
                 return True

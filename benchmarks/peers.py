@@ -30,6 +30,19 @@ REST API, as the least-squares slope from ``WARM_UP_S`` after the step took
 5% of the backlog for ``MEASURE_S`` (or up to 95% of the backlog, whichever
 comes first). The consumer's rate is its own count over its own clock, from
 its first record to its last.
+
+Last, freshness: both jobs run side by side on the cluster (one slot each)
+while a live stream (event time = now, ``LIVE_RATE`` events/s over 1,000
+users) goes to both topics, the same event to each at the same moment. The
+feature both update on every purchase is ``last_purchase_value``: for each
+purchase that is its user's newest, the time from the send to the value
+being readable, in the pipeline's Redis (polled every 5 ms) and in the peer's
+upsert-kafka topic (a consumer reading it as it is written). The pipeline
+runs as a live stream would (``low_latency`` bundles); the first
+``LIVE_WARM_UP_S`` of the stream are not counted. The windowed features
+have no such figure for the peer: Flink SQL writes a window's row once, when
+its watermark (70 s behind) passes the window's end, where the pipeline
+updates it on every event.
 """
 
 from __future__ import annotations
@@ -48,10 +61,11 @@ import redis
 
 from benchmarks import engine
 from benchmarks.env import ROOT
-from benchmarks.flink_job import flink_services
+from benchmarks.flink_job import FeatureJob, flink_services
 from benchmarks.measure import slope
 from pipelines.generate import StreamSpec, generate, write_jsonl
 from pipelines.produce import SCHEMA_FILES, EventProducer
+from runners.freshness import FreshnessProbe
 from runners.services import cache_dir
 from runtime.flink import _rest
 
@@ -63,6 +77,10 @@ WARM_UP_S, MEASURE_S = engine.WARM_UP_S, engine.MEASURE_S  # the same rule as se
 CHECK = StreamSpec(events=3_000, users=50, rate_per_s=200, skew=1.1, disorder_ms=2_000,
                    late_fraction=0.0, seed=5, start_ms=0)
 REL_TOL = 1e-9
+LIVE_RATE = 200  # events/s: what the pipeline keeps up with at low_latency (section 3)
+LIVE_WARM_UP_S = {"full": 40, "quick": 10}
+LIVE_MEASURE_S = {"full": 60, "quick": 20}
+LIVE_FEATURE = "last_purchase_value"
 
 
 def _flink_python() -> Path:
@@ -218,6 +236,86 @@ def _sql_rate(svc: Any, topic: str, events: int, mode: str) -> dict[str, Any]:
             "events_measured": window[-1][1] - window[0][1], "job_id": jid}
 
 
+class _TopicProbe(FreshnessProbe):
+    """Freshness of a feature in the SQL peer's upsert-kafka topic: a row is readable
+    when a consumer reading the topic as it is written gets it."""
+
+    def __init__(self, bootstrap: str, topic: str, feature: str) -> None:
+        from confluent_kafka import Consumer
+
+        super().__init__(None, feature)
+        self._feature = feature
+        self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"probe-{topic}",
+                                   "auto.offset.reset": "earliest", "enable.auto.commit": False})
+        self._consumer.subscribe([topic])
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            msg = self._consumer.poll(0.05)
+            if msg is None or msg.error() or msg.value() is None:
+                continue
+            now = time.time()
+            row = json.loads(msg.value())
+            if row.get("feature") == self._feature:
+                self.readable(row["userId"], int(row["as_of"]), now)
+
+    def stop(self) -> None:
+        super().stop()
+        self._consumer.close()
+
+
+def live_freshness(svc: Any, workdir: Path, mode: str) -> dict[str, Any]:
+    """The pipeline and the SQL peer on one live stream: ``LIVE_FEATURE`` freshness."""
+    from confluent_kafka import Producer
+
+    ours = FeatureJob(svc, "user", 1, "peers-live-avro", workdir, redis_db=13,
+                      bundles="low_latency")
+    svc.create_topic("peers-live-json", partitions=2)
+    svc.create_topic("peers-live-out", partitions=2)
+    plain = Producer({"bootstrap.servers": svc.ports.bootstrap_servers, "linger.ms": 0})
+    out = _peer(svc, "peers-live-json", "--output_topic=peers-live-out",
+                "--job_name=peers-live-sql")
+    sql_jid = json.loads(out.strip().splitlines()[-1])["job_id"]
+    probes: dict[str, FreshnessProbe] = {}
+    try:
+        ours.start()
+        probes = {"pipeline": FreshnessProbe(ours.redis, LIVE_FEATURE).start(),
+                  "flink_sql": _TopicProbe(svc.ports.bootstrap_servers, "peers-live-out",
+                                           LIVE_FEATURE).start()}
+        seconds = LIVE_WARM_UP_S[mode] + LIVE_MEASURE_S[mode]
+        spec = StreamSpec(events=LIVE_RATE * seconds, users=1_000, rate_per_s=LIVE_RATE,
+                          skew=1.1, disorder_ms=0, late_fraction=0.0, seed=23,
+                          start_ms=int(time.time() * 1000))
+        assert ours.producer is not None
+        t0 = time.time()
+        for n, event in enumerate(generate("user", spec)):
+            due = t0 + n / LIVE_RATE
+            time.sleep(max(0.0, due - time.time()))
+            event = {**event, "eventTimestamp": int(time.time() * 1000)}
+            ours.producer.send(event)
+            plain.produce("peers-live-json", json.dumps(event).encode(),
+                          key=event["userId"].encode())
+            plain.poll(0)
+            sent = time.time()
+            if event["eventType"] == "purchase" and sent - t0 >= LIVE_WARM_UP_S[mode]:
+                for probe in probes.values():
+                    probe.sent(event["userId"], event["eventTimestamp"], sent)
+        ours.producer.flush()
+        plain.flush()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(p.waiting for p in probes.values()):
+            time.sleep(0.2)
+    finally:
+        for probe in probes.values():
+            probe.stop()
+        _rest(svc.ports.flink_rest, f"/jobs/{sql_jid}?mode=cancel", method="PATCH")
+        ours.stop()
+    return {"rate_per_s": LIVE_RATE, "feature": LIVE_FEATURE,
+            "warm_up_s": LIVE_WARM_UP_S[mode], "measure_s": LIVE_MEASURE_S[mode],
+            **{name: {**probe.summary(), "unseen": probe.waiting}
+               for name, probe in probes.items()}}
+
+
 def run(mode: str) -> dict[str, Any]:
     n = EVENTS[mode]
     with flink_services() as svc, tempfile.TemporaryDirectory() as tmp:
@@ -236,11 +334,16 @@ def run(mode: str) -> dict[str, Any]:
         print(f"  Flink SQL: {sql['events_per_s']} events/s", flush=True)
         consumer = _consumer(svc, "peers-avro", f"redis://127.0.0.1:{svc.ports.redis}/12", n)
         print(f"  Python consumer: {consumer['events_per_s']} events/s", flush=True)
+        live = live_freshness(svc, Path(tmp), mode)
+        print("  freshness of " + LIVE_FEATURE + ": " + "; ".join(
+            f"{k} p50 {live[k]['p50_ms']} ms, p99 {live[k]['p99_ms']} ms"
+            for k in ("pipeline", "flink_sql")), flush=True)
     base = ours["events_per_s"] or 0
     return {"params": {"events": n, "users": 1_000, "variant": VARIANT,
                        "warm_up_s": WARM_UP_S[mode], "measure_s": MEASURE_S[mode]},
             "values": check,
             "rates": {"pipeline": ours, "flink_sql": sql, "python_consumer": consumer},
+            "freshness": live,
             "over_pipeline": {k: round(v["events_per_s"] / base, 2) if base and
                               v["events_per_s"] else None
                               for k, v in (("flink_sql", sql), ("python_consumer", consumer))}}

@@ -561,6 +561,18 @@ def _peers(data: dict[str, Any]) -> list[str]:
         c = v[peer]
         out.append(f"| {peer} | {c['compared']} | {c['equal']} | {len(c['differing'])} "
                    f"| {len(c['only_theirs'])} |")
+    live = data.get("freshness")
+    if live:
+        out += ["", f"Freshness of `{live['feature']}` on one live stream of "
+                f"{_n(live['rate_per_s'])} events/s to both jobs at once ({live['measure_s']} s "
+                f"counted after {live['warm_up_s']} s), from the send to readable:", "",
+                "| job | purchases probed | p50 ms | p99 ms | max ms | not readable after "
+                "15 s |", "|---|---:|---:|---:|---:|---:|"]
+        live_names = {**names, "pipeline": "rtfeatures user pipeline (fused, low_latency)"}
+        for key in ("pipeline", "flink_sql"):
+            f = live[key]
+            out.append(f"| {live_names[key]} | {_n(f['events'])} | {_n(f['p50_ms'], 1)} "
+                       f"| {_n(f['p99_ms'], 1)} | {_n(f['max_ms'], 1)} | {_n(f['unseen'])} |")
     return [*out, ""]
 
 

@@ -59,6 +59,15 @@ def flink_overview(rest_port: int) -> dict[str, Any] | None:
         return None
 
 
+# RocksDB's native memory as metrics: memtables and blocks (both charged to the slot's
+# managed-memory cache), one series per state with the state's name as a label.
+ROCKSDB_METRICS = {
+    "state.backend.rocksdb.metrics.block-cache-usage": "true",
+    "state.backend.rocksdb.metrics.size-all-mem-tables": "true",
+    "state.backend.rocksdb.metrics.column-family-as-variable": "true",
+}
+
+
 def _flink_config(ports: ServicePorts, state_dir: Path,
                   extra: Mapping[str, Any] | None = None) -> str:
     home = flink_home()
@@ -104,6 +113,7 @@ def _flink_config(ports: ServicePorts, state_dir: Path,
         "metrics.reporter.prom.factory.class": PROMETHEUS_REPORTER,
         # A string: the reporter ignores a bare number here and falls back to 9249.
         "metrics.reporter.prom.port": str(ports.prometheus),
+        **ROCKSDB_METRICS,
         **(extra or {}),
     }
     return "".join(f"{k}: {json.dumps(v) if isinstance(v, str) else v}\n" for k, v in conf.items())

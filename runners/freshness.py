@@ -83,16 +83,19 @@ class FreshnessProbe:
                     pipe.hget(f"{self._prefix}:{user}", self._field)
                 rows = pipe.execute()
                 now = time.time()
-                with self._lock:
-                    for user, raw in zip(users, rows, strict=True):
-                        if raw is None:
-                            continue
-                        as_of = int(raw)
-                        queue = self._pending[user]
-                        while queue and queue[0][0] <= as_of:
-                            _, sent_at = queue.popleft()
-                            self.latencies_ms.append((now - sent_at) * 1000)
+                for user, raw in zip(users, rows, strict=True):
+                    if raw is not None:
+                        self.readable(user, int(raw), now)
             time.sleep(self._poll_s)
+
+    def readable(self, user: str, as_of: int, now: float) -> None:
+        """The user's feature is readable at ``now`` with ``as_of``: every event sent for
+        it up to that event time is counted, with its freshness."""
+        with self._lock:
+            queue = self._pending[user]
+            while queue and queue[0][0] <= as_of:
+                _, sent_at = queue.popleft()
+                self.latencies_ms.append((now - sent_at) * 1000)
 
     def summary(self) -> dict[str, float]:
         """p50 / p99 / max freshness in ms over the events seen so far."""

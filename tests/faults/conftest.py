@@ -161,6 +161,9 @@ def render_report(results: Path) -> str:
         jvm = (" (`rss_mb`), what each TaskManager's JVM says it holds (`jvm_mb`: heap, "
                "non-heap, direct buffers; the rest of its resident memory is native: "
                "RocksDB, the allocator)") if any(c.startswith("jvm_mb.") for c in rows[0]) else ""
+        if any(c.startswith("rocksdb_mb.") for c in rows[0]):
+            jvm += (", what RocksDB says it holds (`rocksdb_mb`: the slot's shared cache, "
+                    "blocks and the memtables charged to it; the memtables alone)")
         lines += ["", "## Soak, minute by minute", "",
                   "Written by `make soak` (`tests/faults/test_soak.py`): resident memory of "
                   f"every process group of the runtime{jvm}, the latest checkpoint's size and "

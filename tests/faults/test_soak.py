@@ -82,6 +82,22 @@ def _jvm_mb(svc: rs.LocalServices) -> dict[str, float]:
     return out
 
 
+def _rocksdb_mb(svc: rs.LocalServices) -> dict[str, float]:
+    """Per TaskManager i, ``rocksdb_mb.tm<i>.cache``: the slot's shared RocksDB cache
+    (blocks, and the memtables charged to it; one value, repeated per state), and
+    ``rocksdb_mb.tm<i>.memtables``: the memtables of every state, in MB."""
+    out: dict[str, float] = {}
+    for i in range(rs.FLINK_TASKMANAGERS):
+        samples = metrics.scrape(metrics.endpoints([svc.ports.prometheus + 1 + i]))
+        cache = [s.value for s in samples if s.name.endswith("rocksdb_block_cache_usage")]
+        tables = [s.value for s in samples if s.name.endswith("rocksdb_size_all_mem_tables")]
+        if cache:
+            out[f"rocksdb_mb.tm{i}.cache"] = round(max(cache) / 2**20, 1)
+        if tables:
+            out[f"rocksdb_mb.tm{i}.memtables"] = round(sum(tables) / 2**20, 1)
+    return out
+
+
 def _on_jemalloc(pgid: int) -> bool:
     """Whether a process of group ``pgid`` (a TaskManager's JVM) mapped jemalloc."""
     for proc in group_members(pgid):
@@ -151,6 +167,7 @@ def test_soak_at_half_capacity_memory_checkpoints_and_freshness_stay_flat(svc, t
                     **{f"rss_mb.{n}": _rss_mb(hd.pid) for n, hd in
                        sorted(svc.recorded().items())},
                     **_jvm_mb(svc),
+                    **_rocksdb_mb(svc),
                 }
                 rows.append(row)
                 print(f"  minute {minute}: {row}", flush=True)
@@ -198,9 +215,10 @@ def _record(rows: list[dict[str, Any]]) -> None:
         return
     minutes = [r["minute"] for r in rows]
     fig, axes = plt.subplots(4, 1, figsize=(9, 12), sharex=True)
-    for ax, prefix, label in ((axes[0], "rss_mb.", "RSS, MB"),
-                              (axes[1], "jvm_mb.", "TaskManager JVM, MB")):
-        for key in (k for k in rows[0] if k.startswith(prefix)):
+    for ax, prefixes, label in ((axes[0], ("rss_mb.",), "RSS, MB"),
+                                (axes[1], ("jvm_mb.", "rocksdb_mb."),
+                                 "TaskManager JVM and RocksDB, MB")):
+        for key in (k for k in rows[0] if k.startswith(prefixes)):
             ax.plot(minutes, [r.get(key) for r in rows], label=key.split(".", 1)[1])
         ax.set_ylabel(label)
         ax.legend(fontsize=7, ncol=3)

@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from runners.flink_cluster import ROCKSDB_METRICS
 from runners.services import FLINK_TM_SLOTS
 from runtime.endpoints import POOL_HOST_NAME, ServicePorts
 from runtime.metrics import PROMETHEUS_REPORTER
@@ -38,11 +39,12 @@ def test_jobs_are_submitted_to_the_pool_as_locally() -> None:
     assert "--environment_type=EXTERNAL" in text and "LOOPBACK" not in text
 
 
-def test_slots_and_the_prometheus_reporter_match_the_local_cluster() -> None:
+def test_slots_and_the_metrics_match_the_local_cluster() -> None:
     conf = _flink_deployment()["spec"]["flinkConfiguration"]
     assert int(conf["taskmanager.numberOfTaskSlots"]) == FLINK_TM_SLOTS
     assert conf["metrics.reporter.prom.factory.class"] == PROMETHEUS_REPORTER
     assert int(conf["metrics.reporter.prom.port"]) == ServicePorts().prometheus
+    assert {k: conf.get(k) for k in ROCKSDB_METRICS} == ROCKSDB_METRICS
 
 
 def test_the_grafana_dashboard_queries_flink_series_per_job() -> None:

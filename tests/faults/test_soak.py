@@ -16,8 +16,8 @@ After a warm-up, each must be flat: memory and checkpoint size within a
 bounded growth of the warm-up level, freshness within a bound and not
 trending up. A TaskManager's RocksDB cache fills towards its cap, the slot's
 managed memory, by design: it must stay under that cap, and the
-TaskManager's memory outside it must be flat (within 10% + 32 MB). ``make soak`` runs it alone and records
-the samples, a plot and a row in RELIABILITY.md.
+TaskManager's memory outside it must be flat (within 10% + 32 MB). ``make soak``
+runs it alone and records the samples, a plot and a row in RELIABILITY.md.
 """
 
 from __future__ import annotations

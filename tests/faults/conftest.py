@@ -158,15 +158,15 @@ def render_report(results: Path) -> str:
     samples = results / "soak_samples.csv"
     if samples.exists():
         rows = list(csv.reader(samples.read_text().splitlines()))
-        jvm = (" (`rss_mb`), what each TaskManager's JVM says it holds (`jvm_mb`: heap, "
+        sampled = (" (`rss_mb`), what each TaskManager's JVM says it holds (`jvm_mb`: heap, "
                "non-heap, direct buffers; the rest of its resident memory is native: "
                "RocksDB, the allocator)") if any(c.startswith("jvm_mb.") for c in rows[0]) else ""
         if any(c.startswith("rocksdb_mb.") for c in rows[0]):
-            jvm += (", what RocksDB says it holds (`rocksdb_mb`: the slot's shared cache, "
+            sampled += (", what RocksDB says it holds (`rocksdb_mb`: the slot's shared cache, "
                     "blocks and the memtables charged to it; the memtables alone)")
         lines += ["", "## Soak, minute by minute", "",
                   "Written by `make soak` (`tests/faults/test_soak.py`): resident memory of "
-                  f"every process group of the runtime{jvm}, the latest checkpoint's size and "
+                  f"every process group of the runtime{sampled}, the latest checkpoint's size and "
                   "the freshness p99 of each minute.", ""]
         lines += ["| " + " | ".join(rows[0]) + " |", "|" + " --- |" * len(rows[0])]
         lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]

@@ -10,6 +10,13 @@ cell, and asks for timers through one dynamic timer family. When a time
 fires, exactly the parts that asked for it are called back, with the same
 timestamp, so each part computes what it computes as a stage of its own.
 
+The runner learns a key's timers once per bundle: the stage compares, at the
+bundle's end, the times set on the runner when the bundle first saw the key
+with the times its parts wait for then, and sets or clears only the
+difference. A session moves its close at every event: set at once, that is
+4 runner calls per event, each a write to Flink's timer state. Outside a
+bundle (``transforms.replay``) the timers are set at once.
+
 A part is ``(label, dofn, where)``: ``where`` picks the events it sees (the
 filter step that would stand before its own stage).
 
@@ -179,6 +186,35 @@ class _FusedFn(beam.DoFn):
         if len(set(labels)) != len(labels) or any("/" in label for label in labels):
             raise ValueError(f"part labels must be distinct and have no '/': {labels}")
         self._parts = [_Part(*p) for p in parts]
+        # Per key touched in the open bundle: [its timer, the times set on the
+        # runner, its cell]; None outside a bundle (timers are then set at once).
+        self._touched: dict[str, list[Any]] | None = None
+
+    def start_bundle(self) -> None:
+        self._touched = {}
+
+    def finish_bundle(self) -> None:
+        """Sets and clears, per key, only the difference between the times set on the
+        runner when the bundle first saw the key and the times its parts wait for now:
+        a key's events that move its timers (a session's close, at every event) cost
+        one runner timer per time per bundle, not one per event."""
+        touched, self._touched = self._touched or {}, None
+        for fire, on_runner, cell in touched.values():
+            self._sync_timers(fire, on_runner, self._armed(cell))
+
+    def _defer(self, key: str, fire: Any, cell: dict[str, Any], fired: int | None = None
+               ) -> bool:
+        """Notes ``key``'s timers for the bundle's end; False outside a bundle."""
+        if self._touched is None:
+            return False
+        entry = self._touched.get(key)
+        if entry is None:
+            entry = self._touched[key] = [fire, self._armed(cell), cell]
+        else:
+            entry[0], entry[2] = fire, cell
+        if fired is not None:
+            entry[1].discard(fired)  # the runner has consumed the time that fired
+        return True
 
     @staticmethod
     def _armed(cell: dict[str, Any]) -> set[int]:
@@ -212,9 +248,10 @@ class _FusedFn(beam.DoFn):
                 timestamp=beam.DoFn.TimestampParam,
                 cell_state=beam.DoFn.StateParam(CELL),
                 fire=beam.DoFn.TimerParam(FIRE)) -> Iterator[Any]:
-        event = kv[1]
+        key, event = kv
         cell = LAYOUT.read(cell_state) or LAYOUT.new()
-        before = self._armed(cell)
+        deferred = self._defer(key, fire, cell)
+        before = None if deferred else self._armed(cell)
         seen = timestamp.micros // 1000
         if _SEEN in cell and cell[_SEEN] > seen:
             seen = cell[_SEEN]
@@ -223,7 +260,8 @@ class _FusedFn(beam.DoFn):
             if part.where is None or part.where(event):
                 yield from self._stamped(
                     part.fn.process(kv, **part.kwargs(part.process_params, cell)), cell, seen)
-        self._sync_timers(fire, before, self._armed(cell))
+        if before is not None:
+            self._sync_timers(fire, before, self._armed(cell))
         cell_state.write(cell)
 
     @on_timer(FIRE)
@@ -231,11 +269,14 @@ class _FusedFn(beam.DoFn):
               cell_state=beam.DoFn.StateParam(CELL),
               fire=beam.DoFn.TimerParam(FIRE)) -> Iterator[Any]:
         cell = LAYOUT.read(cell_state)
-        if cell is None:
-            return
         micros = Timestamp.of(fired).micros
+        if cell is None:
+            if self._touched is not None and key in self._touched:
+                self._touched[key][1].discard(micros)
+            return
         timers = cell.get(_TIMERS, {})
-        before = self._armed(cell) - {micros}
+        deferred = self._defer(key, fire, cell, fired=micros)
+        before = None if deferred else self._armed(cell) - {micros}
         for part in self._parts:
             for name, (callback, params) in part.callbacks.items():
                 times = timers.get(name)
@@ -247,7 +288,8 @@ class _FusedFn(beam.DoFn):
                 kwargs = part.kwargs(params, cell, key, fired)
                 yield from self._stamped(callback(part.fn, **kwargs) or (), cell,
                                          micros // 1000)
-        self._sync_timers(fire, before, self._armed(cell))
+        if before is not None:
+            self._sync_timers(fire, before, self._armed(cell))
         if any(k not in _BOOKKEEPING for k in cell) or cell.get(_TIMERS):
             cell_state.write(cell)
         else:

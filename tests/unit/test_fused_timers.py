@@ -90,3 +90,48 @@ def test_two_parts_waiting_for_one_time_share_one_runner_timer() -> None:
     finals = _fire(fn, cell, timer, 1_001)
     assert sorted((u.feature, u.final) for u in finals) == [("a", True), ("b", True)]
     assert timer.armed == set()
+
+
+def test_within_a_bundle_a_key_sets_only_its_final_times_once() -> None:
+    part = SessionFeatures("clicks", "span", gap_ms=GAP, allowed_lateness_ms=LATENESS)
+    fn, cell, timer = _FusedFn([("s", part.fn, None)]), Cell(), _RunnerTimer()
+    fn.start_bundle()
+    # Each event moves the session's close: set at once, that is 4 runner calls per event.
+    for ts in range(0, 100_000, 1_000):
+        _run(fn, cell, timer, ts)
+    assert timer.calls == 0  # nothing reaches the runner before the bundle ends
+    fn.finish_bundle()
+    assert timer.armed == _ms(99_000 + GAP, 99_000 + GAP + LATENESS) and timer.calls == 2
+    # The next bundle moves the session on: the old times are cleared, the new set.
+    fn.start_bundle()
+    _run(fn, cell, timer, 100_000)
+    _run(fn, cell, timer, 101_000)
+    fn.finish_bundle()
+    assert timer.armed == _ms(101_000 + GAP, 101_000 + GAP + LATENESS) and timer.calls == 6
+
+
+def test_a_time_that_fires_within_a_bundle_and_is_wanted_again_is_set_again() -> None:
+    part = LifetimeAggregate("last_value", "eventValue", "last")
+    fn, cell, timer = _FusedFn([("last", part.fn, None)]), Cell(), _RunnerTimer()
+    _run(fn, cell, timer, 1_000)
+    assert timer.armed == _ms(1_001)
+    fn.start_bundle()
+    finals = _fire(fn, cell, timer, 1_001)  # the runner consumed 1,001 ...
+    assert [u.final for u in finals] == [True]
+    _run(fn, cell, timer, 1_000)  # ... and an event at the same time asks for it again
+    fn.finish_bundle()
+    assert timer.armed == _ms(1_001)
+
+
+def test_a_key_whose_cell_ends_within_a_bundle_leaves_no_runner_timer() -> None:
+    a = LifetimeAggregate("a", "eventValue", "sum")
+    fn, cell, timer = _FusedFn([("a", a.fn, None)]), Cell(), _RunnerTimer()
+    fn.start_bundle()
+    _run(fn, cell, timer, 1_000)
+    _run(fn, cell, timer, 3_000)
+    fn.finish_bundle()
+    assert timer.armed == _ms(3_001)
+    fn.start_bundle()
+    _fire(fn, cell, timer, 3_001)
+    fn.finish_bundle()
+    assert timer.armed == set()

@@ -23,45 +23,59 @@ def merge_updates(updates: list[FeatureUpdate]) -> list[FeatureVector]:
     """
     by_entity: dict[tuple[str, str], dict[str, FeatureUpdate]] = {}
     for update in updates:
-        features = by_entity.setdefault((update.entity_type, update.entity_id), {})
-        current = features.get(update.feature)
-        if current is None or update.newer_than(current):
-            features[update.feature] = update
+        _keep_newest(by_entity.setdefault((update.entity_type, update.entity_id), {}), update)
+    return _vectors(by_entity)
+
+
+def _keep_newest(features: dict[str, FeatureUpdate], update: FeatureUpdate) -> None:
+    current = features.get(update.feature)
+    if current is None or update.newer_than(current):
+        features[update.feature] = update
+
+
+def _vectors(by_entity: dict[tuple[str, str], dict[str, FeatureUpdate]]
+             ) -> list[FeatureVector]:
     return [FeatureVector(entity_type, entity_id, tuple(features.values()))
             for (entity_type, entity_id), features in by_entity.items()]
 
 
 class _CoalesceFn(beam.DoFn):
-    """Buffers a bundle's updates and emits one vector per entity at its end."""
+    """Merges a bundle's updates per entity as they come; emits one vector per entity
+    at the bundle's end, or earlier when ``max_entities`` entities are held."""
 
-    def __init__(self, max_buffered: int) -> None:
-        self._max = max_buffered
+    def __init__(self, max_entities: int) -> None:
+        self._max = max_entities
         self._vectors = Metrics.counter("merge", "vectors")
         self._updates = Metrics.counter("merge", "updates")
         self._per_feature: dict[tuple[str, bool], Any] = {}
 
     def start_bundle(self) -> None:
-        self._buffer: list[FeatureUpdate] = []
+        self._by_entity: dict[tuple[str, str], dict[str, FeatureUpdate]] = {}
+        self._emitted: dict[tuple[str, bool], int] = {}
         self._timestamp = MIN_TIMESTAMP
 
     def process(self, update: FeatureUpdate,
                 timestamp=beam.DoFn.TimestampParam) -> Iterator[FeatureVector]:
-        self._buffer.append(update)
-        self._timestamp = max(self._timestamp, timestamp)
-        if len(self._buffer) >= self._max:
-            yield from self._drain()
+        entity = (update.entity_type, update.entity_id)
+        features = self._by_entity.get(entity)
+        if features is None:
+            if len(self._by_entity) >= self._max:
+                yield from self._drain()
+            features = self._by_entity[entity] = {}
+        _keep_newest(features, update)
+        counted = (update.feature, update.final)
+        self._emitted[counted] = self._emitted.get(counted, 0) + 1
+        if timestamp > self._timestamp:
+            self._timestamp = timestamp
 
-    def _drain(self) -> Iterator[FeatureVector]:
-        vectors = merge_updates(self._buffer)
-        self._updates.inc(len(self._buffer))
-        emitted: dict[tuple[str, bool], int] = {}
-        for u in self._buffer:
-            emitted[(u.feature, u.final)] = emitted.get((u.feature, u.final), 0) + 1
-        for key, n in emitted.items():
+    def _drain(self) -> list[FeatureVector]:
+        vectors = _vectors(self._by_entity)
+        self._updates.inc(sum(self._emitted.values()))
+        for key, n in self._emitted.items():
             self._feature_counter(*key).inc(n)
         self._vectors.inc(len(vectors))
-        self._buffer = []
-        yield from vectors
+        self._by_entity, self._emitted = {}, {}
+        return vectors
 
     def _feature_counter(self, feature: str, final: bool) -> Any:
         """Counter ``features/<feature>_final`` or ``features/<feature>_speculative``: the
@@ -80,17 +94,20 @@ class _CoalesceFn(beam.DoFn):
 class MergeFeatureVectors(beam.PTransform):
     """Flattens feature-update streams and merges them per entity into ``FeatureVector``s.
 
-    Within a bundle (at most ``max_buffered`` updates), the updates of one
-    entity become one vector, holding per feature only the update the sink's
-    ``as_of`` guard would keep: one Redis write per entity instead of one per
-    update, and never an older value after a newer one.
+    Within a bundle, the updates of one entity become one vector, holding per
+    feature only the update the sink's ``as_of`` guard would keep: one Redis
+    write per entity and bundle instead of one per update, and never an older
+    value after a newer one. Updates are merged as they arrive, so memory
+    grows with the entities a bundle touches, not with its updates; a bundle
+    touching more than ``max_entities`` entities writes them in batches of
+    that many.
 
     Input: a PCollection of ``FeatureUpdate`` or a tuple/list of them.
     """
 
-    def __init__(self, max_buffered: int = 10_000) -> None:
+    def __init__(self, max_entities: int = 10_000) -> None:
         super().__init__()
-        self._max = max_buffered
+        self._max = max_entities
 
     def expand(self, updates: Any) -> beam.PCollection:
         if isinstance(updates, (tuple, list)):

@@ -9,7 +9,7 @@ from apache_beam.transforms.window import FixedWindows, TimestampedValue
 
 from tests.helpers import batch_options
 from transforms.hot_keys import ExactSumFn, SaltedCombinePerKey
-from transforms.merge import MergeFeatureVectors, merge_updates
+from transforms.merge import MergeFeatureVectors, _CoalesceFn, merge_updates
 from transforms.model import FeatureUpdate, decode_value, encode_value
 
 
@@ -32,6 +32,36 @@ def test_merge_transform_one_vector_per_entity():
         vectors = (left, right) | MergeFeatureVectors()
         assert_that(vectors | beam.Map(lambda v: (v.entity_id, len(v.updates))),
                     equal_to([("a", 2), ("b", 1)]))
+
+
+def _coalesced(fn, updates):
+    """The vectors ``fn`` emits for one bundle: from ``process``, then ``finish_bundle``."""
+    from apache_beam.utils.timestamp import Timestamp
+
+    fn.start_bundle()
+    out = [v for i, u in enumerate(updates) for v in fn.process(u, timestamp=Timestamp(i))]
+    return out, [wv.value for wv in fn.finish_bundle()]
+
+
+def test_coalesce_writes_one_vector_per_entity_per_bundle_however_many_updates():
+    # 30,000 updates of three users: one vector each, at the bundle's end.
+    updates = [upd(f"u{i % 3}", "f" if i % 2 else "g", float(i), i // 10, i % 7 == 0)
+               for i in range(30_000)]
+    early, at_end = _coalesced(_CoalesceFn(max_entities=10_000), updates)
+    assert early == []
+    assert sorted(v.entity_id for v in at_end) == ["u0", "u1", "u2"]
+    assert ({(v.entity_id, u.feature): u for v in at_end for u in v.updates}
+            == {(v.entity_id, u.feature): u for v in merge_updates(updates) for u in v.updates})
+
+
+def test_coalesce_flushes_when_a_new_entity_would_pass_the_bound():
+    updates = [upd("a", "f", 1.0, 1), upd("b", "f", 2.0, 1), upd("a", "f", 3.0, 2),
+               upd("c", "f", 4.0, 1), upd("a", "f", 5.0, 3)]
+    early, at_end = _coalesced(_CoalesceFn(max_entities=2), updates)
+    assert [(v.entity_id, [u.value for u in v.updates]) for v in early] == [
+        ("a", [3.0]), ("b", [2.0])]
+    assert [(v.entity_id, [u.value for u in v.updates]) for v in at_end] == [
+        ("c", [4.0]), ("a", [5.0])]
 
 
 def test_salted_combine_equals_plain_combine_per_window():

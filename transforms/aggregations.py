@@ -34,6 +34,7 @@ counts every event its filter passes).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from itertools import chain
 from typing import Any
 
 from transforms import exact
@@ -123,7 +124,7 @@ class Accumulator:
 
     @staticmethod
     def _value_sum(accs: Iterable[list[float]]) -> float:
-        return exact.total(x for acc in accs for x in acc)
+        return exact.total(chain.from_iterable(accs))
 
     @staticmethod
     def _value_count(accs: Iterable[int]) -> int:

@@ -6,7 +6,8 @@ ride pipeline ``RideCounts`` and ``AmountSum60s``) and ``--engine=fused``
 (``transforms.fused.FusedFeatures``: one keyed stage, one state cell and one
 timer family per key; the default), in one run on one cluster: the product's
 FlinkRunner preset (RocksDB, the ``low_latency`` 50-ms bundles), parallelism
-1, checkpoints every 10 s, LOOPBACK workers; the fused stage again with the
+1, checkpoints every 10 s, the Python workers in the worker pools beside the
+TaskManagers (the product's ``--environment_type=EXTERNAL``); the fused stage again with the
 ``catch_up`` bundle preset (bundles of up to 1 s or 50,000 elements), then
 with the SDK's state cache on (256 MB, ``--max_cache_memory_usage_mb``),
 first weighing values with Beam's own sizer (objsize, a full walk of each

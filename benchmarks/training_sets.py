@@ -7,8 +7,8 @@ events / 100) and label files of ``pipelines.generate.write_labels``
 users), at two sizes ten times apart: full mode 100,000 events with 10,000
 label rows, and 1,000,000 events with 100,000 label rows. Each size runs for
 both pipelines on the DirectRunner and on the local Flink cluster in batch
-mode (``--runner=FlinkRunner``: LOOPBACK, so the Python work runs in the
-launching process; parallelism 1, one TaskManager; the ``catch_up`` bundles
+mode (``--runner=FlinkRunner``: the Python work runs in the worker pools beside
+the TaskManagers; parallelism 1; the ``catch_up`` bundles
 the training set takes on Flink by default), one run at a time.
 
 Per run: wall time of the whole command (interpreter start, imports and,

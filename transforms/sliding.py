@@ -70,22 +70,16 @@ class _SlidingFn(beam.DoFn):
         """The as_of published for a tile: its last millisecond."""
         return tile * self._tile + self._tile - 1
 
-    def _window_tiles(self, tiles: dict[int, Any], last: int) -> Iterator[int]:
+    def _window_tiles(self, tiles: dict[int, Any], last: int) -> list[int]:
         """The tiles present in the window ending with tile ``last``."""
         first = last - self._tiles_per_window + 1
         if len(tiles) < self._tiles_per_window:
-            return (k for k in tiles if first <= k <= last)
-        return (k for k in range(first, last + 1) if k in tiles)
+            return [k for k in tiles if first <= k <= last]
+        return [k for k in range(first, last + 1) if k in tiles]
 
     def _value_at(self, tiles: dict[int, Any], point: int) -> Any:
         last = (point + 1) // self._tile - 1
-        first = last - self._tiles_per_window + 1
-        # The window's accumulators, in _window_tiles' order, gathered in one pass.
-        if len(tiles) < self._tiles_per_window:
-            accs = [acc for k, acc in tiles.items() if first <= k <= last]
-        else:
-            accs = [tiles[k] for k in range(first, last + 1) if k in tiles]
-        value = self._acc.value(accs)
+        value = self._acc.value([tiles[k] for k in self._window_tiles(tiles, last)])
         return self._default if value is None else value
 
     @staticmethod

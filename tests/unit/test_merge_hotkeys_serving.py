@@ -6,6 +6,7 @@ import apache_beam as beam
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import FixedWindows, TimestampedValue
+from apache_beam.utils.timestamp import Timestamp
 
 from tests.helpers import batch_options
 from transforms.hot_keys import ExactSumFn, SaltedCombinePerKey
@@ -36,8 +37,6 @@ def test_merge_transform_one_vector_per_entity():
 
 def _coalesced(fn, updates):
     """The vectors ``fn`` emits for one bundle: from ``process``, then ``finish_bundle``."""
-    from apache_beam.utils.timestamp import Timestamp
-
     fn.start_bundle()
     out = [v for i, u in enumerate(updates) for v in fn.process(u, timestamp=Timestamp(i))]
     return out, [wv.value for wv in fn.finish_bundle()]

@@ -15,7 +15,11 @@ value), then with ``runtime.state_cache.estimate_size`` (the product's
 default); the last of these again with 100,000 users instead of 1,000; and
 ``benchmarks.keyed_floor``, the same job with one keyed counter in place of
 the features: the floor any keyed Python stage pays on this cluster. Until
-the cache variants, the cache is off.
+the cache variants, the cache is off. Last, the fused stage and the floor
+again with ``--records_keyed_by_entity``: the topic's records (keyed by user,
+as ``pipelines.produce`` sends them) go to the keyed stage as they are,
+grouped by their key, and it decodes them itself, so each event crosses to
+Python once instead of twice (no decode step before the key shuffle).
 
 Each job reads a topic filled beforehand (2 partitions; Zipf skew 1.1, event
 times ending now, up to 2 s out of order, nothing late), so it starts with
@@ -50,7 +54,9 @@ TITLE = "Engine: keyed stage per feature group vs one fused stage, catch-up on F
 CHECKPOINT_INTERVAL_MS = 10_000
 # variant -> (engine, bundle preset, state cache MB, cache sizer, distinct users);
 # each adds one choice to the one before it. Engine "floor" is
-# benchmarks.keyed_floor: one keyed stage holding a counter, no features.
+# benchmarks.keyed_floor: one keyed stage holding a counter, no features; an
+# engine ending in "-records" takes --records_keyed_by_entity (the keyed stage
+# decodes the raw records itself).
 VARIANTS = {
     "stages": ("stages", "low_latency", 0, "objsize", 1_000),
     "fused": ("fused", "low_latency", 0, "objsize", 1_000),
@@ -60,10 +66,18 @@ VARIANTS = {
     "the same, 100,000 users": ("fused", "catch_up", 256, "estimate", 100_000),
     "keyed floor: a counter, catch_up, state cache": ("floor", "catch_up", 256, "estimate",
                                                       1_000),
+    "fused, catch_up, state cache (estimate), records keyed by entity": (
+        "fused-records", "catch_up", 256, "estimate", 1_000),
+    "keyed floor, records keyed by entity": ("floor-records", "catch_up", 256, "estimate",
+                                             1_000),
 }
 KEYED_STEP = {("user", "stages"): "Sessions", ("user", "fused"): "UserFeatures",
               ("ride", "stages"): "AmountSum60s", ("ride", "fused"): "RideFeatures",
-              ("user", "floor"): "UserFeatures", ("ride", "floor"): "RideFeatures"}
+              ("user", "floor"): "UserFeatures", ("ride", "floor"): "RideFeatures",
+              ("user", "fused-records"): "UserFeatures",
+              ("ride", "fused-records"): "RideFeatures",
+              ("user", "floor-records"): "UserFeatures",
+              ("ride", "floor-records"): "RideFeatures"}
 ORDER = tuple(VARIANTS)
 # A ``job`` whose sampled step is this counts decoded events (``DecodedSampler``).
 DECODED = "decoded events"
@@ -103,11 +117,13 @@ def _catch_up(svc: Any, pipeline: str, variant: str, topic: str, events: int,
     if job is not None:
         module, step, more = job
         flags += [f"--pipeline={pipeline}", *more]
-    elif engine == "floor":
+    elif engine.startswith("floor"):
         module = "benchmarks.keyed_floor"
         flags.append(f"--pipeline={pipeline}")
     else:
-        flags.append(f"--engine={engine}")
+        flags.append(f"--engine={engine.removesuffix('-records')}")
+    if engine.endswith("-records"):
+        flags.append("--records_keyed_by_entity")
     label = "-".join(a.split("=", 1)[1] for a in (job[2] if job else ())) or engine
     process = PipelineProcess(svc.ports.flink_rest, pipeline, flags, workdir,
                               f"{topic}-{label}-{bundles}-{cache_mb}-p{parallelism}",

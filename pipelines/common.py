@@ -35,7 +35,7 @@ from runtime.flink import (
     run_until,
     with_flink_defaults,
 )
-from transforms.decode import DEAD, EVENTS, EventSchema, ReadEvents
+from transforms.decode import DEAD, EVENTS, EventSchema, KeyedRecords, ReadEvents
 from transforms.line_sink import AppendJsonLines
 from transforms.merge import MergeFeatureVectors
 from transforms.model import DeadLetter, FeatureUpdate
@@ -43,8 +43,9 @@ from transforms.redis_sink import RedisSinkConfig, WriteToRedis, redact_url
 
 _LOG = logging.getLogger(__name__)
 
-# Builds the features of one pipeline: (keyed-free events, options) -> (updates, late events).
-FeatureGraph = Callable[[beam.PCollection, FeatureOptions],
+# Builds the features of one pipeline: (keyed-free events, or with
+# --records_keyed_by_entity the raw KeyedRecords, options) -> (updates, late events).
+FeatureGraph = Callable[[beam.PCollection | KeyedRecords, FeatureOptions],
                         tuple[list[beam.PCollection], list[beam.PCollection]]]
 
 
@@ -69,8 +70,14 @@ class _LogDeadLetters(beam.DoFn):
 def build(pipeline: beam.Pipeline, options: FeatureOptions, schema: EventSchema,
           features: FeatureGraph) -> None:
     """Adds source, features and sinks of a feature pipeline to ``pipeline``."""
+    if options.records_keyed_by_entity and not options.topic:
+        raise SystemExit("--records_keyed_by_entity reads Kafka record keys: give --topic")
     if options.input:
         decoded = pipeline | "ReadEvents" >> ReadEvents(options.input, schema)
+    elif options.topic and options.records_keyed_by_entity:
+        from pipelines.kafka_source import read_keyed_records
+
+        records = read_keyed_records(pipeline, options, schema)
     elif options.topic:
         from pipelines.kafka_source import ReadEventsFromKafka
 
@@ -78,19 +85,25 @@ def build(pipeline: beam.Pipeline, options: FeatureOptions, schema: EventSchema,
     else:
         raise SystemExit("give --input=FILE, or --bootstrap_servers and --topic")
 
-    updates, late = features(decoded[EVENTS], options)
+    if options.records_keyed_by_entity:
+        updates, late = features(records, options)
+        dead = records.dead[0] if len(records.dead) == 1 else (
+            records.dead | "FlattenDeadLetters" >> beam.Flatten())
+    else:
+        updates, late = features(decoded[EVENTS], options)
+        dead = decoded[DEAD]
     # Typed, so updates cross stages with FeatureUpdateCoder instead of being pickled.
     all_updates = updates | "FlattenUpdates" >> beam.Flatten().with_output_types(FeatureUpdate)
 
     if options.dead_letter:
-        write_lines(decoded[DEAD], options.dead_letter, "DeadLetters")
+        write_lines(dead, options.dead_letter, "DeadLetters")
     if options.dead_letter_topic:
         from pipelines.kafka_source import WriteLinesToKafka
 
-        decoded[DEAD] | "DeadLettersToKafka" >> WriteLinesToKafka(
+        dead | "DeadLettersToKafka" >> WriteLinesToKafka(
             options, options.dead_letter_topic)
     if not (options.dead_letter or options.dead_letter_topic):
-        decoded[DEAD] | "LogDeadLetters" >> beam.ParDo(_LogDeadLetters())
+        dead | "LogDeadLetters" >> beam.ParDo(_LogDeadLetters())
     if late and (options.late_output or options.late_topic):
         late_events = late | "FlattenLate" >> beam.Flatten()
         if options.late_output:

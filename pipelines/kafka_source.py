@@ -25,7 +25,14 @@ from apache_beam import pvalue
 
 from pipelines.kafka_dialects import for_java, for_python
 from pipelines.options import FeatureOptions, bootstrap_servers
-from transforms.decode import DecodeConfluentAvro, EventSchema
+from transforms.decode import (
+    DecodeConfluentAvro,
+    EventSchema,
+    KeyedRecords,
+    RecordDecoder,
+    SchemaCatalogue,
+    decode_confluent,
+)
 
 
 def client_config(raw: str | None, flag: str) -> dict[str, str]:
@@ -91,22 +98,38 @@ class ReadEventsFromKafka(beam.PTransform):
 
     def expand(self, pbegin: pvalue.PBegin) -> pvalue.DoOutputsTuple:
         opts = self._options
-        read = _read_from_kafka()
-        records = pbegin | "ReadFromKafka" >> read(
-            consumer_config=for_java(consumer_config(opts, self._schema)),
-            topics=[opts.topic],
-            expansion_service=opts.expansion_service,
-            # Not max_num_records: a bounded KafkaIO read hangs on the local
-            # Flink runtime (docs/RUNTIME.md); --max_records stops the stream instead.
-            commit_offset_in_finalize=True,
-            timestamp_policy=read.create_time_policy,
-        )
+        records = pbegin | "ReadFromKafka" >> _read_records(opts, self._schema)
         # A tombstone (a record without a value) is None: a dead letter, not a failed bundle.
         values = records | "RecordValues" >> beam.Map(lambda kv: kv[1]).with_output_types(
             bytes | None)
         return values | "DecodeConfluentAvro" >> DecodeConfluentAvro(
             self._schema, opts.schema_registry_url, source=f"kafka:{opts.topic}",
             registry_config=registry_client_config(opts))
+
+
+def _read_records(options: FeatureOptions, schema: EventSchema) -> beam.PTransform:
+    """Beam's ReadFromKafka for ``--topic``: ``(key, value)`` byte pairs."""
+    read = _read_from_kafka()
+    return read(
+        consumer_config=for_java(consumer_config(options, schema)),
+        topics=[options.topic],
+        expansion_service=options.expansion_service,
+        # Not max_num_records: a bounded KafkaIO read hangs on the local
+        # Flink runtime (docs/RUNTIME.md); --max_records stops the stream instead.
+        commit_offset_in_finalize=True,
+        timestamp_policy=read.create_time_policy,
+    )
+
+
+def read_keyed_records(pipeline: beam.Pipeline, options: FeatureOptions,
+                       schema: EventSchema) -> KeyedRecords:
+    """``--topic``'s records as they are, keyed by the schema's entity field, for
+    the keyed stage to decode (``--records_keyed_by_entity``)."""
+    records = pipeline | "ReadEvents" >> _read_records(options, schema)
+    catalogue = SchemaCatalogue(options.schema_registry_url, registry_client_config(options))
+    decoder = RecordDecoder(lambda v: decode_confluent(v, schema, catalogue),
+                            schema.entity_field, schema.time_field, f"kafka:{options.topic}")
+    return KeyedRecords(records, decoder)
 
 
 class WriteLinesToKafka(beam.PTransform):

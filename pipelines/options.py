@@ -22,6 +22,11 @@ class FeatureOptions(PipelineOptions):
         # default localhost:9092); see bootstrap_servers() below.
         src.add_argument("--topic", default=None,
                           help="Kafka topic of events; with --bootstrap_servers reads Kafka")
+        src.add_argument("--records_keyed_by_entity", action="store_true",
+                          help="the topic's records are keyed by the entity id (as "
+                              "pipelines.produce keys them): the keyed stage decodes them, "
+                              "one Python step per event instead of two; a record without "
+                              "that key is a dead letter")
         src.add_argument("--expansion_service", default="localhost:8097",
                           help="host:port of the Java expansion service for KafkaIO")
         src.add_argument("--consumer_group", default=None,

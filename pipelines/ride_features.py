@@ -17,13 +17,14 @@ import schemas
 from pipelines.catalogue import PIPELINES
 from pipelines.common import run
 from pipelines.options import FeatureOptions, engine_settings
+from transforms.decode import KeyedRecords
 from transforms.engine import FeatureEngine
 
 # Step names savepoints of the stages engine know.
 STEP_NAMES = {"OnlyEnds": "OnlyRideEnds"}
 
 
-def ride_features(events: beam.PCollection, options: FeatureOptions
+def ride_features(events: beam.PCollection | KeyedRecords, options: FeatureOptions
                   ) -> tuple[list[beam.PCollection], list[beam.PCollection]]:
     """Computes the ride features; returns (feature update streams, late event streams)."""
     settings = engine_settings(options, STEP_NAMES)

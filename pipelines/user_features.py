@@ -17,10 +17,11 @@ import schemas
 from pipelines.catalogue import PIPELINES
 from pipelines.common import run
 from pipelines.options import FeatureOptions, engine_settings
+from transforms.decode import KeyedRecords
 from transforms.engine import FeatureEngine
 
 
-def user_features(events: beam.PCollection, options: FeatureOptions
+def user_features(events: beam.PCollection | KeyedRecords, options: FeatureOptions
                   ) -> tuple[list[beam.PCollection], list[beam.PCollection]]:
     """Computes the user features; returns (feature update streams, late event streams)."""
     settings = engine_settings(options)

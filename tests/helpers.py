@@ -64,11 +64,14 @@ def run_batch(transform: beam.PTransform, events: list[dict[str, Any]],
 
 
 def run_stream(transform: beam.PTransform, stream: TestStream,
-               tags: tuple[str, ...] = ("updates", "late")) -> dict[str, list[Any]]:
-    """Runs ``transform`` on a TestStream of events (streaming DirectRunner)."""
+               tags: tuple[str, ...] = ("updates", "late"), keyed: bool = True
+               ) -> dict[str, list[Any]]:
+    """Runs ``transform`` on a TestStream of events keyed by userId (streaming
+    DirectRunner); ``keyed=False``: on the stream's elements as they are."""
     results: dict[str, list[Any]] = {tag: [] for tag in tags}
     with TestPipeline(options=stream_options()) as p:
-        out = p | stream | KeyByEntity() | transform
+        elements = p | stream
+        out = (elements | KeyByEntity() if keyed else elements) | transform
         for tag in tags:
             pcoll = out if len(tags) == 1 else out[tag]
             assert_that(pcoll, _capture_into(results, tag), label=f"capture_{tag}")

@@ -16,6 +16,7 @@ import struct
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Any
 
 import apache_beam as beam
@@ -379,6 +380,64 @@ class _DecodeFn(beam.DoFn):
         self._valid.inc()
         ts = event[self._schema.time_field]
         yield TimestampedValue(event, Timestamp(micros=ts * 1000))
+
+
+@dataclass(frozen=True)
+class RecordDecoder:
+    """Decodes ``(record key, value)`` pairs inside a keyed stage.
+
+    For topics whose records are keyed by the entity id (``pipelines.produce``
+    keys by ``userId``): the runner groups the raw records by their key, and
+    the keyed stage decodes them itself. A record whose key is missing or is
+    not its event's entity is invalid: processed under another key, its
+    entity's state would be split between two keys.
+
+    Attributes:
+        parse: value bytes -> a valid event (raises ``InvalidEvent``).
+        entity: the event field the records are keyed by.
+        time_field: the event-time field.
+        source: the dead letters' source label.
+    """
+
+    parse: Callable[[Any], dict[str, Any]]
+    entity: str
+    time_field: str
+    source: str
+
+    def decode(self, record: tuple[bytes | None, bytes | None]) -> tuple[str, dict[str, Any]]:
+        """``(key, value)`` -> ``(entity id, event)``; raises ``InvalidEvent``."""
+        key, value = record
+        event = self.parse(value)
+        entity = event[self.entity]
+        if key is None:
+            raise InvalidEvent(f"record has no key (the topic's records must be keyed "
+                               f"by {self.entity})")
+        if key != str(entity).encode():
+            raise InvalidEvent(f"record key {key[:64]!r} is not the event's "
+                               f"{self.entity} {str(entity)[:64]!r}")
+        return str(entity), event
+
+    def __call__(self, record: tuple[bytes | None, bytes | None]
+                 ) -> tuple[str, dict[str, Any]] | DeadLetter:
+        """``decode``, or the dead letter saying why not; counted as the decode step
+        counts (``decode/events_valid``, ``decode/dead_letters``)."""
+        try:
+            decoded = self.decode(record)
+        except InvalidEvent as e:
+            Metrics.counter("decode", "dead_letters").inc()
+            return DeadLetter(self.source, str(e), record[1])
+        Metrics.counter("decode", "events_valid").inc()
+        return decoded
+
+
+@dataclass
+class KeyedRecords:
+    """A topic's raw records, keyed by entity, for a feature graph to decode in its
+    keyed stage (``RecordDecoder``); that stage adds its dead letters to ``dead``."""
+
+    records: beam.PCollection  # (key bytes | None, value bytes | None)
+    decoder: RecordDecoder
+    dead: list[beam.PCollection] = dataclass_field(default_factory=list)
 
 
 class DecodeJsonLines(beam.PTransform):

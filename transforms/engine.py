@@ -39,6 +39,7 @@ from apache_beam.transforms.userstate import TimerSpec, get_dofn_specs
 
 from transforms.counters import LifetimeCounts
 from transforms.declarations import DeclarationError, Feature
+from transforms.decode import DEAD, KeyedRecords
 from transforms.fused import FusedFeatures
 from transforms.keys import KeyByEntity
 from transforms.late import LATE
@@ -288,9 +289,15 @@ class FeatureEngine:
                                        for g in groups]).fn
                 for entity, groups in self._by_entity.items()}
 
-    def expand(self, events: beam.PCollection
+    def expand(self, events: beam.PCollection | KeyedRecords
                ) -> tuple[list[beam.PCollection], list[beam.PCollection]]:
-        """Adds the feature steps to ``events``; returns (update streams, late event streams)."""
+        """Adds the feature steps to ``events``; returns (update streams, late event streams).
+
+        ``KeyedRecords`` (raw records keyed by entity) go straight into the fused
+        stage, which decodes them and adds its dead letters to ``events.dead``.
+        """
+        if isinstance(events, KeyedRecords):
+            return self._expand_records(events)
         updates: list[beam.PCollection] = []
         late: list[beam.PCollection] = []
         for entity, groups in self._by_entity.items():
@@ -318,3 +325,18 @@ class FeatureEngine:
                 else:
                     updates.append(out)
         return updates, late
+
+    def _expand_records(self, records: KeyedRecords
+                        ) -> tuple[list[beam.PCollection], list[beam.PCollection]]:
+        entity = records.decoder.entity
+        if self._settings.engine != "fused" or list(self._by_entity) != [entity]:
+            raise ValueError(
+                f"records keyed by {entity} are decoded in the fused stage of a pipeline "
+                f"whose features all key by {entity}: engine {self._settings.engine!r}, "
+                f"entities {sorted(self._by_entity)}")
+        groups = self._by_entity[entity]
+        out = records.records | self._name(f"{camel(self._pipeline)}Features") >> (
+            FusedFeatures([(g.label, g.transform.fn, g.where) for g in groups],
+                          records.decoder))
+        records.dead.append(out[DEAD])
+        return [out["updates"]], [out[LATE]]

@@ -17,6 +17,11 @@ difference. A session moves its close at every event: set at once, that is
 4 runner calls per event, each a write to Flink's timer state. Outside a
 bundle (``transforms.replay``) the timers are set at once.
 
+Given a ``RecordDecoder``, the stage takes a topic's raw records keyed by
+entity and decodes them itself (``KeyedRecords``): one Python step per event
+where a decode step before the key shuffle makes two. Its dead letters leave
+on the tagged output ``dead``.
+
 A part is ``(label, dofn, where)``: ``where`` picks the events it sees (the
 filter step that would stand before its own stage).
 
@@ -45,8 +50,9 @@ from apache_beam.transforms.userstate import (
 )
 from apache_beam.utils.timestamp import Timestamp
 
+from transforms.decode import DEAD, RecordDecoder
 from transforms.late import LATE
-from transforms.model import FeatureUpdate
+from transforms.model import DeadLetter, FeatureUpdate
 from transforms.state_layout import StateLayout
 
 # The cell: {"<part>/<state>": that state's value, "_t": {"<part>/<timer>": [times]},
@@ -181,7 +187,7 @@ class _FusedFn(beam.DoFn):
     CELL = ReadModifyWriteStateSpec("features", FastPrimitivesCoder())
     FIRE = TimerSpec("features_fire", beam.TimeDomain.WATERMARK)
 
-    def __init__(self, parts: Sequence[Part]) -> None:
+    def __init__(self, parts: Sequence[Part], decoder: RecordDecoder | None = None) -> None:
         labels = [label for label, _, _ in parts]
         if len(set(labels)) != len(labels) or any("/" in label for label in labels):
             raise ValueError(f"part labels must be distinct and have no '/': {labels}")
@@ -189,6 +195,7 @@ class _FusedFn(beam.DoFn):
         # Per key touched in the open bundle: [its timer, the times set on the
         # runner, its cell]; None outside a bundle (timers are then set at once).
         self._touched: dict[str, list[Any]] | None = None
+        self._decoder = decoder
 
     def start_bundle(self) -> None:
         self._touched = {}
@@ -244,15 +251,22 @@ class _FusedFn(beam.DoFn):
             yield out
         cell[_SEQ] = seq
 
-    def process(self, kv: tuple[str, dict[str, Any]],
+    def process(self, kv: tuple[Any, Any],
                 timestamp=beam.DoFn.TimestampParam,
                 cell_state=beam.DoFn.StateParam(CELL),
                 fire=beam.DoFn.TimerParam(FIRE)) -> Iterator[Any]:
+        if self._decoder is None:
+            seen = timestamp.micros // 1000
+        else:
+            kv = self._decoder(kv)
+            if type(kv) is DeadLetter:
+                yield pvalue.TaggedOutput(DEAD, kv)
+                return
+            seen = kv[1][self._decoder.time_field]
         key, event = kv
         cell = LAYOUT.read(cell_state) or LAYOUT.new()
         deferred = self._defer(key, fire, cell)
         before = None if deferred else self._armed(cell)
-        seen = timestamp.micros // 1000
         if _SEEN in cell and cell[_SEEN] > seen:
             seen = cell[_SEEN]
         cell[_SEEN] = seen
@@ -268,6 +282,8 @@ class _FusedFn(beam.DoFn):
     def _fire(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
               cell_state=beam.DoFn.StateParam(CELL),
               fire=beam.DoFn.TimerParam(FIRE)) -> Iterator[Any]:
+        if self._decoder is not None:
+            key = key.decode()  # the record key: the entity id's bytes
         cell = LAYOUT.read(cell_state)
         micros = Timestamp.of(fired).micros
         if cell is None:
@@ -299,19 +315,21 @@ class _FusedFn(beam.DoFn):
 class FusedFeatures(beam.PTransform):
     """All of an entity's features in one keyed stateful stage.
 
-    Input: ``(entity_id, event)``. Main output ``updates``: the ``FeatureUpdate``s
-    of every part; tagged ``late``: the parts' too-late events (each names its
-    feature).
+    Input: ``(entity_id, event)``, or with ``decoder`` the raw ``(record key,
+    value)``. Main output ``updates``: the ``FeatureUpdate``s of every part;
+    tagged ``late``: the parts' too-late events (each names its feature); with
+    ``decoder``, tagged ``dead``: the records it could not decode.
 
     Args:
         parts: ``(label, dofn, where)`` per part: a stable label (it names the
             part's state), the feature DoFn of a feature transform (its ``_fn``),
             and the filter of the events it takes (None: all).
+        decoder: decodes the raw records the stage takes (None: it takes events).
     """
 
-    def __init__(self, parts: Sequence[Part]) -> None:
+    def __init__(self, parts: Sequence[Part], decoder: RecordDecoder | None = None) -> None:
         super().__init__()
-        self._fn = _FusedFn(parts)
+        self._fn = _FusedFn(parts, decoder)
 
     @property
     def fn(self) -> DoFn:
@@ -319,6 +337,10 @@ class FusedFeatures(beam.PTransform):
         return self._fn
 
     def expand(self, keyed: beam.PCollection) -> pvalue.DoOutputsTuple:
+        if self._fn._decoder is not None:
+            # Another step name: a savepoint of one input kind never restores into the other.
+            return keyed | "FeaturesFromRecords" >> beam.ParDo(self._fn).with_output_types(
+                FeatureUpdate).with_outputs(LATE, DEAD, main="updates")
         return keyed | "Features" >> beam.ParDo(self._fn).with_input_types(
             tuple[str, dict[str, Any]]).with_output_types(FeatureUpdate).with_outputs(
             LATE, main="updates")

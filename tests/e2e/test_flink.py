@@ -40,6 +40,7 @@ from runtime.flink import (
 from tests import reference
 from tests.integration.test_pipelines import redis_features
 from tests.training import assert_matches_reference, label_rows, run_module, write_csv
+from transforms.decode import encode_confluent
 
 # Out of order by up to 5 s, nothing later than the allowed lateness: the
 # reference (all events count) is then exactly what the stream must give.
@@ -218,6 +219,41 @@ def test_ride_pipeline_with_parallelism_two(svc, tmp_path):
     assert summary["flink.checkpoints_completed"] >= 1
     assert redis_features(redis_client(svc, 3)) == reference.ride_features(
         run.events, watermark_ms=run.settle_ms)
+
+
+def test_records_keyed_by_entity_are_decoded_in_the_keyed_stage(svc, tmp_path):
+    """``--records_keyed_by_entity``: the topic's raw records go to the fused stage grouped
+    by their key, and it decodes them. The features match the reference; a record with no
+    key, one keyed by another user and an undecodable one are dead letters that say why,
+    and the other user gets no hash."""
+    spec = StreamSpec(events=1_200, users=25, rate_per_s=150, disorder_ms=3_000,
+                      late_fraction=0.0, seed=9)
+    dead = tmp_path / "keyed-dead.jsonl"
+    run = start_on_flink(svc, "user", spec, "user-keyed", 4, tmp_path,
+                         extra=("--records_keyed_by_entity", f"--dead_letter={dead}",
+                                f"--max_records={spec.events + 3}"))
+    try:
+        run.process.wait_running()
+        run.send(svc)
+        ghost = encode_confluent({**run.events[-1], "userId": "ghost"}, SCHEMA_FILES["user"])
+        with EventProducer(svc.ports.bootstrap_servers, run.topic,
+                           SCHEMA_FILES["user"]) as producer:
+            producer.send_raw(ghost, key=None)
+            producer.send_raw(ghost, key=run.events[-1]["userId"])
+            producer.send_raw(b"\x00\x00\x00\x00\x01not avro", key="ghost")
+        summary = run.finish()
+    finally:
+        run.process.kill()
+    print(f"user on Flink, decoded in the keyed stage: {summary}")
+    assert summary["kafka.records_committed"] == spec.events + 3
+    assert summary["late_events"] == []
+    reasons = sorted(json.loads(line)["reason"] for line in dead.read_text().splitlines())
+    assert len(reasons) == 3, reasons
+    assert reasons[0].startswith("corrupt Avro body"), reasons
+    assert reasons[1].startswith("record has no key"), reasons
+    assert reasons[2].startswith("record key ") and "is not the event's userId 'ghost'" in (
+        reasons[2]), reasons
+    assert redis_features(redis_client(svc, 4)) == reference.user_features(run.events)
 
 
 def test_the_training_set_on_flink_batch_is_what_the_stream_served(svc, tmp_path):

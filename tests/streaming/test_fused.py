@@ -8,14 +8,19 @@ updates and the late events must be the same multisets.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
 import apache_beam as beam
 import pytest
+from apache_beam.testing.test_stream import TestStream
+from apache_beam.transforms.window import TimestampedValue
+from apache_beam.utils.timestamp import Timestamp
 
-from tests.helpers import event, run_stream, stream_of
+from tests.helpers import FAR_FUTURE_MS, event, run_stream, stream_of
 from transforms.counters import LifetimeCounts
+from transforms.decode import RecordDecoder
 from transforms.fused import FusedFeatures
 from transforms.sessions import SessionFeatures
 from transforms.sliding import SlidingSum
@@ -113,3 +118,58 @@ def test_part_labels_must_be_distinct():
     fn = PARTS["Sliding"][0]().fn
     with pytest.raises(ValueError, match="distinct"):
         FusedFeatures([("a", fn, None), ("a", fn, None)])
+
+
+def _parse(value: bytes | None) -> dict[str, Any]:
+    return json.loads(value)
+
+
+def test_records_decoded_in_the_stage_give_what_decoded_events_give():
+    """With a ``RecordDecoder`` the stage takes raw ``(record key, value)`` pairs and
+    decodes them itself: the same updates (``visible_ms`` and ``seq`` included) and
+    late events as from decoded events; a record without its user as key is a dead
+    letter, and its user gets nothing."""
+    def parts() -> list[Any]:
+        return [(label, PARTS[label][0]().fn, PARTS[label][1]) for label in PARTS]
+
+    want = run_stream(FusedFeatures(parts()), stream_of(*STREAM))
+    raw = TestStream()
+    for step in STREAM:
+        if isinstance(step, int):
+            raw = raw.advance_watermark_to(Timestamp(micros=step * 1000))
+        else:
+            record = (step["userId"].encode(), json.dumps(step).encode())
+            # The record's own time (Kafka's CreateTime) need not be the event time:
+            # the stage takes the payload's.
+            raw = raw.add_elements([TimestampedValue(
+                record, Timestamp(micros=(step["eventTimestamp"] + 7) * 1000))])
+        if step == 7 * MIN:
+            ghost = json.dumps(ev(7 * MIN + 1, "purchase", 9.0, user="ghost")).encode()
+            at = Timestamp(micros=7 * MIN * 1000)
+            raw = raw.add_elements([TimestampedValue((b"u", ghost), at),
+                                    TimestampedValue((None, ghost), at)])
+    raw = raw.advance_watermark_to(Timestamp(micros=FAR_FUTURE_MS * 1000)
+                                   ).advance_watermark_to_infinity()
+    decoder = RecordDecoder(_parse, "userId", "eventTimestamp", "test-topic")
+    got = run_stream(FusedFeatures(parts(), decoder), raw, tags=("updates", "late", "dead"),
+                     keyed=False)
+    assert sorted(map(repr, got["updates"])) == sorted(map(repr, want["updates"]))
+    assert normalized(got) == normalized(want)
+    assert sorted(d.reason for d in got["dead"]) == [
+        "record has no key (the topic's records must be keyed by userId)",
+        "record key b'u' is not the event's userId 'ghost'"]
+    assert {d.source for d in got["dead"]} == {"test-topic"}
+
+
+def test_records_go_only_to_a_fused_stage_keyed_by_their_key_field():
+    from pipelines.catalogue import PIPELINES
+    from transforms.decode import KeyedRecords
+    from transforms.engine import EngineSettings, FeatureEngine
+
+    records = beam.Pipeline() | beam.Create([(b"u", b"{}")])  # built, never run
+    for engine, key_field in (("stages", "userId"), ("fused", "rideId")):
+        decoder = RecordDecoder(_parse, key_field, "eventTimestamp", "test-topic")
+        with pytest.raises(ValueError, match=f"records keyed by {key_field} .* engine "
+                                             f"'{engine}', entities \\['userId'\\]"):
+            FeatureEngine(PIPELINES["ride"], EngineSettings(engine=engine), "ride").expand(
+                KeyedRecords(records, decoder))

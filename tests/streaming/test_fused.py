@@ -14,7 +14,7 @@ from typing import Any
 
 import apache_beam as beam
 import pytest
-from apache_beam.testing.test_stream import TestStream
+from apache_beam.testing import test_stream
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
@@ -133,7 +133,7 @@ def test_records_decoded_in_the_stage_give_what_decoded_events_give():
         return [(label, PARTS[label][0]().fn, PARTS[label][1]) for label in PARTS]
 
     want = run_stream(FusedFeatures(parts()), stream_of(*STREAM))
-    raw = TestStream()
+    raw = test_stream.TestStream()
     for step in STREAM:
         if isinstance(step, int):
             raw = raw.advance_watermark_to(Timestamp(micros=step * 1000))

@@ -42,7 +42,8 @@ low rates the bundle time is the floor of freshness, while bigger bundles
 cost fewer state round trips per event and raise throughput. The product
 ships the choice as two presets (``runtime.flink.BUNDLE_PRESETS``):
 ``low_latency`` (bundles of up to 50 ms, the default for live streams) and
-``catch_up`` (up to 1 s or 50,000 elements, for backlogs). The plots show
+``catch_up`` (bigger bundles, for backlogs; section 6d sizes them; the
+tables give each job's bundle time). The plots show
 freshness p50/p99 against the offered rate for each.
 
 Flink needs about a minute per job before it measures anything: ``--quick``

@@ -8,7 +8,7 @@ timer family per key; the default), in one run on one cluster: the product's
 FlinkRunner preset (RocksDB, the ``low_latency`` 50-ms bundles), parallelism
 1, checkpoints every 10 s, the Python workers in the worker pools beside the
 TaskManagers (the product's ``--environment_type=EXTERNAL``); the fused stage again with the
-``catch_up`` bundle preset (bundles of up to 1 s or 50,000 elements), then
+``catch_up`` bundle preset (the footer gives its limits; section 6d sizes them), then
 with the SDK's state cache on (256 MB, ``--max_cache_memory_usage_mb``),
 first weighing values with Beam's own sizer (objsize, a full walk of each
 value), then with ``runtime.state_cache.estimate_size`` (the product's
@@ -47,7 +47,7 @@ from benchmarks.flink_job import DecodedSampler, JobSampler, flink_services
 from pipelines.generate import StreamSpec, generate
 from pipelines.produce import SCHEMA_FILES, EventProducer
 from runners.pipeline_process import PipelineProcess
-from runtime.flink import service_args
+from runtime.flink import BUNDLE_PRESETS, service_args
 
 NAME = "engine"
 TITLE = "Engine: keyed stage per feature group vs one fused stage, catch-up on Flink"
@@ -73,11 +73,7 @@ VARIANTS = {
 }
 KEYED_STEP = {("user", "stages"): "Sessions", ("user", "fused"): "UserFeatures",
               ("ride", "stages"): "AmountSum60s", ("ride", "fused"): "RideFeatures",
-              ("user", "floor"): "UserFeatures", ("ride", "floor"): "RideFeatures",
-              ("user", "fused-records"): "UserFeatures",
-              ("ride", "fused-records"): "RideFeatures",
-              ("user", "floor-records"): "UserFeatures",
-              ("ride", "floor-records"): "RideFeatures"}
+              ("user", "floor"): "UserFeatures", ("ride", "floor"): "RideFeatures"}
 ORDER = tuple(VARIANTS)
 # A ``job`` whose sampled step is this counts decoded events (``DecodedSampler``).
 DECODED = "decoded events"
@@ -103,17 +99,21 @@ def _fill(svc: Any, pipeline: str, topic: str, events: int, users: int,
 def _catch_up(svc: Any, pipeline: str, variant: str, topic: str, events: int,
               workdir: Path, mode: str, parallelism: int = 1,
               params: tuple[str, str, int, str, int] | None = None,
-              job: tuple[str, str, tuple[str, ...]] | None = None) -> dict[str, Any]:
+              job: tuple[str, str, tuple[str, ...]] | None = None,
+              bundle: tuple[int, int] | None = None) -> dict[str, Any]:
     """Runs one variant (``params`` if given, else ``VARIANTS[variant]``) on a filled
-    topic; ``job`` = (module, step sampled, its flags) runs another job module."""
+    topic; ``job`` = (module, step sampled, its flags) runs another job module;
+    ``bundle`` = (ms, elements) overrides the bundle preset's limits."""
     engine, bundles, cache_mb, sizer, users = params or VARIANTS[variant]
-    flags = [*service_args(svc, parallelism, CHECKPOINT_INTERVAL_MS, bundles),
+    limits = () if bundle is None else (f"--max_bundle_time_mills={bundle[0]}",
+                                        f"--max_bundle_size={bundle[1]}")
+    flags = [*service_args(svc, parallelism, CHECKPOINT_INTERVAL_MS, bundles), *limits,
              f"--topic={topic}",
              f"--max_cache_memory_usage_mb={cache_mb}", f"--state_cache_sizer={sizer}",
              f"--consumer_group=engine-{topic}-{time.monotonic_ns()}",
              f"--redis_url=redis://127.0.0.1:{svc.ports.redis}/0",
              f"--max_records={events}", "--run_timeout_s=900"]
-    module, step = None, KEYED_STEP.get((pipeline, engine))
+    module, step = None, KEYED_STEP.get((pipeline, engine.removesuffix("-records")))
     if job is not None:
         module, step, more = job
         flags += [f"--pipeline={pipeline}", *more]
@@ -126,7 +126,8 @@ def _catch_up(svc: Any, pipeline: str, variant: str, topic: str, events: int,
         flags.append("--records_keyed_by_entity")
     label = "-".join(a.split("=", 1)[1] for a in (job[2] if job else ())) or engine
     process = PipelineProcess(svc.ports.flink_rest, pipeline, flags, workdir,
-                              f"{topic}-{label}-{bundles}-{cache_mb}-p{parallelism}",
+                              f"{topic}-{label}-{bundles}{bundle[0] if bundle else ''}"
+                              f"-{cache_mb}-p{parallelism}",
                               module=module)
     try:
         jid = process.wait_running(300)
@@ -156,7 +157,10 @@ def _catch_up(svc: Any, pipeline: str, variant: str, topic: str, events: int,
         taken = (sampler.records_at(t1) or 0) - (sampler.records_at(t0) or 0) if rate else 0
     finally:
         process.kill()
+    preset = BUNDLE_PRESETS[bundles]
     return {"pipeline": pipeline, "variant": variant, "engine": engine, "bundles": bundles,
+            "bundle_limits": list(bundle or (preset["max_bundle_time_ms"],
+                                             preset["max_bundle_size"])),
             "users": users, "events": events,
             "events_per_s": None if rate is None else round(rate),
             "seconds_measured": round(t1 - t0, 1) if rate else None,

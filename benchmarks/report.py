@@ -490,7 +490,13 @@ def _engine(data: dict[str, Any]) -> list[str]:
             f"{params['checkpoint_interval_ms'] // 1000} s; the rate is measured from "
             f"{params['warm_up_s']} s after the keyed step took 5% of the backlog, for "
             f"{params['measure_s']} s (or to 95% of the backlog); per pipeline the runs "
-            f"went in this order: {', '.join(params['order'])}.", ""]
+            f"went in this order: {', '.join(params['order'])}."]
+    limits = {r["bundles"]: r["bundle_limits"] for r in data["runs"] if "bundle_limits" in r}
+    if limits:
+        out.append("Bundles: " + "; ".join(f"{name} up to {ms:,} ms or {size or 'any number of'} "
+                                           "elements" for name, (ms, size) in limits.items())
+                   + ".")
+    out.append("")
 
     def users(ax: Any) -> None:
         # The variants that differ only in the number of distinct users.
@@ -510,6 +516,18 @@ def _engine(data: dict[str, Any]) -> list[str]:
         ax.legend(fontsize=8)
 
     return [*out, _plot("engine_users", users), ""]
+
+
+def _bundles(data: dict[str, Any]) -> list[str]:
+    out = ["| pipeline | bundles (time / elements) | events/s (slope) | mean | x 1 s "
+           "| events / s measured |", "|---|---|---:|---:|---:|---|"]
+    for r in data["runs"]:
+        s = data["summary"][r["pipeline"]][r["variant"]]
+        out.append(f"| {r['pipeline']} | {r['variant']} | {_n(r['events_per_s'])} "
+                   f"| {_n(s['events_per_s'])} | x{s['over_first']} "
+                   f"| {_n(r['events_measured'])} / {r['seconds_measured']} |")
+    return [*out, "", f"{_n(data['params']['events'])} events in the backlog per pipeline; "
+            f"runs in the order {', '.join(data['params']['order'])}.", ""]
 
 
 def _hotkeys(data: dict[str, Any]) -> list[str]:
@@ -619,6 +637,7 @@ def _workers(data: dict[str, Any]) -> list[str]:
 RENDERERS: dict[str, Renderer] = {"transform": _transform, "sink": _sink, "state": _state,
                                   "serving": _serving, "e2e": _e2e, "rocksdb": _rocksdb,
                                   "engine": _engine, "hotkeys": _hotkeys, "routes": _routes,
+                                  "bundles": _bundles,
                                   "workers": _workers,
                                   "peers": _peers, "training": _training}
 

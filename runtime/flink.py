@@ -178,8 +178,11 @@ def flink_pipeline_args(
 BUNDLE_PRESETS: dict[str, dict[str, int | None]] = {
     # Live streams: output every 50 ms at the latest (freshness p99 < 1 s).
     "low_latency": {"max_bundle_time_ms": 50, "max_bundle_size": None},
-    # Backlogs (backfills, restarts after downtime): bundles of up to 1 s / 50k.
-    "catch_up": {"max_bundle_time_ms": 1_000, "max_bundle_size": 50_000},
+    # Backlogs (backfills, restarts after downtime): bundles of up to 5 s / 250k.
+    # A keyed stage pays its state round trips and timer traffic once per key and
+    # bundle: 5-s bundles read a backlog faster than 1-s ones (BENCHMARKS.md,
+    # section 6d).
+    "catch_up": {"max_bundle_time_ms": 5_000, "max_bundle_size": 250_000},
 }
 
 
@@ -289,7 +292,7 @@ class LaunchOptions(PipelineOptions):
         parser.add_argument("--bundle_preset", default="low_latency",
                             choices=tuple(BUNDLE_PRESETS),
                             help="low_latency: 50-ms bundles, for live streams; catch_up: "
-                                 "bundles of up to 1 s / 50,000 elements, for backlogs")
+                                 "bundles of up to 5 s / 250,000 elements, for backlogs")
         parser.add_argument("--detached", action="store_true", default=False,
                             help="submit the job, print its Flink job id and return; the job "
                                  "runs on the cluster until cancelled (needs worker pools: "

@@ -40,6 +40,11 @@ DEAD = "dead"
 MIN_EVENT_MS = MIN_TIMESTAMP.micros // 1000 + 1
 MAX_EVENT_MS = GlobalWindow().max_timestamp().micros // 1000
 
+# The decode counters every decoder shares: a Beam counter is a handle that
+# finds the running step's metrics when it is incremented.
+_VALID = Metrics.counter("decode", "events_valid")
+_DEAD = Metrics.counter("decode", "dead_letters")
+
 _INT32 = (-(2**31), 2**31 - 1)
 _INT64 = (-(2**63), 2**63 - 1)
 CONFLUENT_MAGIC = 0
@@ -366,18 +371,16 @@ class _DecodeFn(beam.DoFn):
         self._parse = parse
         self._schema = schema
         self._source = source
-        self._valid = Metrics.counter("decode", "events_valid")
-        self._dead = Metrics.counter("decode", "dead_letters")
 
     def process(self, raw: Any) -> Iterator[Any]:
         payload, source = raw if isinstance(raw, tuple) else (raw, self._source)
         try:
             event = self._parse(payload)
         except InvalidEvent as e:
-            self._dead.inc()
+            _DEAD.inc()
             yield pvalue.TaggedOutput(DEAD, DeadLetter(source, str(e), payload))
             return
-        self._valid.inc()
+        _VALID.inc()
         ts = event[self._schema.time_field]
         yield TimestampedValue(event, Timestamp(micros=ts * 1000))
 
@@ -424,9 +427,9 @@ class RecordDecoder:
         try:
             decoded = self.decode(record)
         except InvalidEvent as e:
-            Metrics.counter("decode", "dead_letters").inc()
+            _DEAD.inc()
             return DeadLetter(self.source, str(e), record[1])
-        Metrics.counter("decode", "events_valid").inc()
+        _VALID.inc()
         return decoded
 
 
@@ -493,8 +496,6 @@ class _ReadAvroFileFn(beam.DoFn):
 
     def __init__(self, schema: EventSchema) -> None:
         self._schema = schema
-        self._valid = Metrics.counter("decode", "events_valid")
-        self._dead = Metrics.counter("decode", "dead_letters")
 
     def process(self, path: str) -> Iterator[Any]:
         with filesystems.FileSystems.open(path) as f:
@@ -502,7 +503,7 @@ class _ReadAvroFileFn(beam.DoFn):
         try:
             reader = fastavro.reader(io.BytesIO(data), reader_schema=self._schema.parsed)
         except Exception as e:
-            self._dead.inc()
+            _DEAD.inc()
             yield pvalue.TaggedOutput(DEAD, DeadLetter(path, f"not a readable Avro file: {e}",
                                                        data[:4096]))
             return
@@ -513,18 +514,18 @@ class _ReadAvroFileFn(beam.DoFn):
             except StopIteration:
                 return
             except Exception as e:
-                self._dead.inc()
+                _DEAD.inc()
                 yield pvalue.TaggedOutput(DEAD, DeadLetter(
                     f"{path}#{index}", f"corrupt Avro data after record {index}: {e}", b""))
                 return
             try:
                 event = self._schema.validate(record)
             except InvalidEvent as e:
-                self._dead.inc()
+                _DEAD.inc()
                 yield pvalue.TaggedOutput(DEAD, DeadLetter(f"{path}#{index}", str(e),
                                                            json.dumps(record, default=str)))
             else:
-                self._valid.inc()
+                _VALID.inc()
                 ts = event[self._schema.time_field]
                 yield TimestampedValue(event, Timestamp(micros=ts * 1000))
             index += 1

@@ -329,6 +329,7 @@ class FusedFeatures(beam.PTransform):
 
     def __init__(self, parts: Sequence[Part], decoder: RecordDecoder | None = None) -> None:
         super().__init__()
+        self._decoder = decoder
         self._fn = _FusedFn(parts, decoder)
 
     @property
@@ -337,7 +338,7 @@ class FusedFeatures(beam.PTransform):
         return self._fn
 
     def expand(self, keyed: beam.PCollection) -> pvalue.DoOutputsTuple:
-        if self._fn._decoder is not None:
+        if self._decoder is not None:
             # Another step name: a savepoint of one input kind never restores into the other.
             return keyed | "FeaturesFromRecords" >> beam.ParDo(self._fn).with_output_types(
                 FeatureUpdate).with_outputs(LATE, DEAD, main="updates")

@@ -22,14 +22,14 @@ def test_live_streams_get_50_ms_bundles_of_the_default_size():
     assert got["--state_backend"] == "rocksdb" and "--streaming" in got
 
 
-def test_the_catch_up_preset_takes_bundles_of_1_s_or_50k_elements():
+def test_the_catch_up_preset_takes_bundles_of_5_s_or_250k_elements():
     got = flags("--bundle_preset=catch_up")
-    assert (got["--max_bundle_time_mills"], got["--max_bundle_size"]) == ("1000", "50000")
+    assert (got["--max_bundle_time_mills"], got["--max_bundle_size"]) == ("5000", "250000")
 
 
 def test_a_flag_given_wins_over_the_preset():
     got = flags("--bundle_preset=catch_up", "--max_bundle_time_mills=200")
-    assert (got["--max_bundle_time_mills"], got["--max_bundle_size"]) == ("200", "50000")
+    assert (got["--max_bundle_time_mills"], got["--max_bundle_size"]) == ("200", "250000")
 
 
 def test_an_unknown_preset_is_refused_with_the_choices():

@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.engine import _catch_up, _fill
+from benchmarks.engine import _catch_up, _fill, mean_rates
 from benchmarks.flink_job import flink_services
 from runtime.flink import BUNDLE_PRESETS
 
@@ -66,12 +66,9 @@ def run(mode: str) -> dict[str, Any]:
 def summary(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per pipeline and bundle size: the mean events/s and the ratio to the first size."""
     out: dict[str, dict[str, Any]] = {}
-    for pipeline in dict.fromkeys(r["pipeline"] for r in runs):
-        means = {}
-        for label in dict.fromkeys(r["variant"] for r in runs):
-            rates = [r["events_per_s"] for r in runs if r["pipeline"] == pipeline
-                     and r["variant"] == label and r["events_per_s"]]
-            means[label] = sum(rates) / len(rates) if rates else 0.0
+    labels = dict.fromkeys(r["variant"] for r in runs)
+    for pipeline, means in mean_rates(runs, dict.fromkeys(r["pipeline"] for r in runs),
+                                      labels).items():
         base = next(iter(means.values()))
         out[pipeline] = {label: {"events_per_s": round(m),
                                  "over_first": round(m / base, 2) if base else 0.0}

@@ -40,6 +40,7 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -179,8 +180,15 @@ def run(mode: str) -> dict[str, Any]:
                 if users not in topics:
                     topics[users] = f"engine-{pipeline}-{users}"
                     _fill(svc, pipeline, topics[users], events, users)
-                result = _catch_up(svc, pipeline, variant, topics[users], events, Path(tmp),
-                                   mode)
+                try:
+                    result = _catch_up(svc, pipeline, variant, topics[users], events,
+                                       Path(tmp), mode)
+                except Exception as e:  # noqa: BLE001 (one failed job must not lose the others)
+                    print(f"  {pipeline} {variant} FAILED: {e}", flush=True)
+                    runs.append({"pipeline": pipeline, "variant": variant, "users": users,
+                                 "events_per_s": None,
+                                 "error": f"{type(e).__name__}: {e}"[:1000]})
+                    continue
                 print(f"  {pipeline} {variant}: {result['events_per_s']} events/s "
                       f"({result['events_measured']} events in {result['seconds_measured']} s)",
                       flush=True)
@@ -192,20 +200,26 @@ def run(mode: str) -> dict[str, Any]:
             "runs": runs, "summary": summary(runs)}
 
 
-def summary(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per pipeline and variant: mean events/s and the ratio to ``stages``."""
-    out: dict[str, dict[str, Any]] = {}
-    for pipeline in ("user", "ride"):
-        means = {}
-        for variant in VARIANTS:
+def mean_rates(runs: list[dict[str, Any]], pipelines: Iterable[str],
+               variants: Iterable[str]) -> dict[str, dict[str, float]]:
+    """Per pipeline and variant: the mean events/s of its runs (0.0 if none measured)."""
+    out: dict[str, dict[str, float]] = {}
+    for pipeline in pipelines:
+        means = out[pipeline] = {}
+        for variant in variants:
             rates = [r["events_per_s"] for r in runs if r["pipeline"] == pipeline
                      and r["variant"] == variant and r["events_per_s"]]
             means[variant] = sum(rates) / len(rates) if rates else 0.0
-        base = means["stages"]
-        out[pipeline] = {v: {"events_per_s": round(m),
-                             "over_stages": round(m / base, 2) if base else 0.0}
-                         for v, m in means.items()}
     return out
+
+
+def summary(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per pipeline and variant: mean events/s and the ratio to ``stages``."""
+    return {pipeline: {v: {"events_per_s": round(m),
+                           "over_stages": round(m / means["stages"], 2)
+                           if means["stages"] else 0.0}
+                       for v, m in means.items()}
+            for pipeline, means in mean_rates(runs, ("user", "ride"), VARIANTS).items()}
 
 
 def headline(data: dict[str, Any]) -> dict[str, float]:

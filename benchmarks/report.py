@@ -482,6 +482,10 @@ def _engine(data: dict[str, Any]) -> list[str]:
         for variant, s in per.items():
             for r in (r for r in data["runs"]
                       if r["pipeline"] == pipeline and r["variant"] == variant):
+                if "error" in r:
+                    out.append(f"| {pipeline} | {variant} | {_n(r['users'])} "
+                               f"| failed: {r['error'][:200]} | | |")
+                    continue
                 out.append(f"| {pipeline} | {variant} | {_n(r['users'])} "
                            f"| {_n(r['events_per_s'])} | x{s['over_stages']} "
                            f"| {_n(r['events_measured'])} / {r['seconds_measured']} |")
@@ -493,9 +497,12 @@ def _engine(data: dict[str, Any]) -> list[str]:
             f"went in this order: {', '.join(params['order'])}."]
     limits = {r["bundles"]: r["bundle_limits"] for r in data["runs"] if "bundle_limits" in r}
     if limits:
-        out.append("Bundles: " + "; ".join(f"{name} up to {ms:,} ms or {size or 'any number of'} "
-                                           "elements" for name, (ms, size) in limits.items())
-                   + ".")
+        out.append("Bundles: " + "; ".join(
+            f"{name} up to {ms:,} ms or {f'{size:,}' if size else 'any number of'} elements"
+            for name, (ms, size) in limits.items()) + ".")
+    else:
+        out.append("These runs did not record their bundle limits; the catch_up preset "
+                   "then took bundles of up to 1,000 ms or 50,000 elements.")
     out.append("")
 
     def users(ax: Any) -> None:

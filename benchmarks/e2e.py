@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,9 +74,17 @@ from runtime.flink import BUNDLE_PRESETS
 NAME = "e2e"
 TITLE = "End to end on Flink: sustained events/s and freshness"
 
-# (pipeline, parallelism, bundle preset of runtime.flink.BUNDLE_PRESETS)
-JOBS = (("user", 1, "low_latency"), ("user", 1, "catch_up"), ("user", 2, "low_latency"),
-        ("ride", 1, "low_latency"), ("ride", 1, "catch_up"))
+# (pipeline, parallelism, bundle preset of runtime.flink.BUNDLE_PRESETS, more flags)
+RECORDS = "--records_keyed_by_entity"
+PER_KEY = "--state_commit=per_key"
+JOBS: tuple[tuple[str, int, str, tuple[str, ...]], ...] = (
+    ("user", 1, "low_latency", ()), ("user", 1, "catch_up", ()), ("user", 2, "low_latency", ()),
+    # The live shape with one Python step per event, with Beam's per-key state commit
+    # and with the pipelined one (the default): each choice beside the one before.
+    ("user", 2, "low_latency", (RECORDS, PER_KEY)), ("user", 2, "low_latency", (RECORDS,)),
+    ("ride", 1, "low_latency", ()), ("ride", 1, "catch_up", ()))
+# How a job's flags read in tables.
+FLAG_LABELS = {RECORDS: "records keyed", PER_KEY: "per-key commit"}
 RATES = (250, 1_000, 5_000, 10_000, 20_000)
 SIZES = {"full": {"phase_s": 20, "warmup_rate": 200, "warmup_s": 10, "bisect_steps": 3,
                   "drain_timeout_s": 90}}
@@ -218,16 +226,24 @@ def _checkpoint_summary(checkpoints: list[dict[str, Any]]) -> dict[str, Any]:
             "checkpointed_size_max": max(c["checkpointed_size"] for c in done)}
 
 
+def flags_label(flags: Sequence[str]) -> str:
+    """``, records keyed, per-key commit``: a job's flags as tables name them."""
+    return "".join(f", {FLAG_LABELS.get(f, f)}" for f in flags)
+
+
 def measure_job(svc: Any, pipeline: str, parallelism: int, size: dict[str, Any],
                 workdir: Path, redis_db: int, preset: str = "low_latency",
-                workers: str = "pool", repeat: int = 1) -> dict[str, Any]:
+                workers: str = "pool", repeat: int = 1,
+                flags: tuple[str, ...] = ()) -> dict[str, Any]:
     """Steps the offered rate up on one running job, then bisects for p99 < 1 s
-    (``repeat``: the how-manieth job of its kind in this run, for its names)."""
+    (``repeat``: the how-manieth job of its kind in this run, for its names;
+    ``flags``: more flags for the job)."""
     name = f"bench-{pipeline}-p{parallelism}-{preset.replace('_', '-')}-{workers}"
+    name += "".join(f"-{FLAG_LABELS.get(f, f).replace(' ', '-')}" for f in flags)
     if repeat > 1:
         name += f"-{repeat}"
     job = FeatureJob(svc, pipeline, parallelism, name, workdir, redis_db, bundles=preset,
-                     workers=workers)
+                     workers=workers, flags=flags)
     bundle_ms = BUNDLE_PRESETS[preset]["max_bundle_time_ms"]
     phases: list[dict[str, Any]] = []
     not_run: list[dict[str, Any]] = []
@@ -277,7 +293,7 @@ def measure_job(svc: Any, pipeline: str, parallelism: int, size: dict[str, Any],
     lo, hi = _bracket(phases)
     every = [c for p in phases for c in p["checkpoints"]]
     return {"pipeline": pipeline, "parallelism": parallelism, "preset": preset,
-            "workers": workers, "bundle_ms": bundle_ms,
+            "workers": workers, "bundle_ms": bundle_ms, "flags": list(flags),
             "startup": startup,
             "phases": phases, "not_run": not_run,
             "max_kept_up_per_s": max((p["offered_per_s"] for p in kept), default=None),
@@ -293,21 +309,21 @@ def run(mode: str) -> dict[str, Any]:
     size = SIZES[mode]
     jobs = []
     with tempfile.TemporaryDirectory(prefix="rtf-bench-e2e-") as tmp, flink_services() as svc:
-        for db, (pipeline, parallelism, preset) in enumerate(JOBS):
+        for db, (pipeline, parallelism, preset, flags) in enumerate(JOBS):
             try:
                 jobs.append(measure_job(svc, pipeline, parallelism, size, Path(tmp), db,
-                                        preset))
+                                        preset, flags=flags))
             except Exception as e:  # noqa: BLE001 (one failed job must not lose the others)
                 print(f"  {pipeline} p={parallelism} FAILED: {e}", flush=True)
                 jobs.append({"pipeline": pipeline, "parallelism": parallelism,
-                             "preset": preset,
+                             "preset": preset, "flags": list(flags),
                              "error": f"{type(e).__name__}: {e}"[:1000]})
     return {"parameters": {**size, "rates": list(RATES), "users": USERS, "skew": SKEW,
                            "disorder_ms": DISORDER_MS, "probe_every_nth_user": PROBE_EVERY,
                            "probe_poll_ms": PROBE_POLL_S * 1000, "keep_up_ratio": KEEP_UP,
                            "behind_s": BEHIND_S, "target_p99_ms": TARGET_P99_MS,
                            "checkpoint_interval_ms": CHECKPOINT_INTERVAL_MS,
-                           "presets": {p: BUNDLE_PRESETS[p] for _, _, p in JOBS},
+                           "presets": {p: BUNDLE_PRESETS[p] for _, _, p, _ in JOBS},
                            "partitions": PARTITIONS},
             "jobs": jobs}
 
@@ -321,7 +337,7 @@ def bundle_label(job: dict[str, Any]) -> str:
     """`` low_latency`` (a job's bundle preset), or `` (50 ms bundles)`` in results of
     runs before presets (``""`` for their 200 ms default)."""
     if "preset" in job:
-        return f" {job['preset']}"
+        return f" {job['preset']}{flags_label(job.get('flags', ()))}"
     ms = job.get("bundle_ms", BUNDLE_MS)
     return "" if ms == BUNDLE_MS else f" ({ms} ms bundles)"
 

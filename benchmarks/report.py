@@ -13,6 +13,7 @@ from typing import Any
 
 from benchmarks import store
 from benchmarks.catalogue import SECTIONS, Section
+from benchmarks.e2e import flags_label
 from benchmarks.env import ROOT
 
 REPORT = ROOT / "BENCHMARKS.md"
@@ -300,9 +301,11 @@ def _ms(freshness: dict[str, Any], key: str) -> str:
 
 
 def _bundle(job: dict[str, Any], params: dict[str, Any]) -> str:
-    """The job's bundle preset and time (older runs: a bundle time for the run or job)."""
+    """The job's bundle preset and time (older runs: a bundle time for the run or job),
+    and its more flags."""
     ms = int(job.get("bundle_ms", params.get("bundle_ms", 0)))
-    return f"{job['preset']} ({ms} ms)" if "preset" in job else f"{ms} ms"
+    bundles = f"{job['preset']} ({ms} ms)" if "preset" in job else f"{ms} ms"
+    return bundles + flags_label(job.get("flags", ()))
 
 
 def _e2e(data: dict[str, Any]) -> list[str]:

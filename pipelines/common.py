@@ -20,7 +20,7 @@ from apache_beam.options.pipeline_options import (
 
 from pipelines.options import FeatureOptions
 from pipelines.storage import use_emulator_if_set
-from runtime import state_cache, transform_ids
+from runtime import state_cache, state_commit, transform_ids
 from runtime.direct import apply_direct_preset
 from runtime.flink import (
     ACTIVE_STATES,
@@ -171,8 +171,10 @@ def _run_on_flink(pipeline: beam.Pipeline, options: PipelineOptions,
     rest_port = rest_port_of(options.view_as(FlinkRunnerOptions).flink_master)
     launch = options.view_as(LaunchOptions)
     loopback = options.view_as(PortableOptions).environment_type == "LOOPBACK"
-    if launch.state_cache_sizer == "estimate" and loopback:
-        state_cache.install()  # the job's Python workers run in this process
+    if loopback:  # the job's Python workers run in this process
+        if launch.state_cache_sizer == "estimate":
+            state_cache.install()
+        state_commit.install(launch.state_commit)
     job_name = options.view_as(GoogleCloudOptions).job_name
     job = LaunchedJob(rest_port, launch.launch_id, job_name)
     if launch.detached:

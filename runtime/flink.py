@@ -301,6 +301,11 @@ class LaunchOptions(PipelineOptions):
                             choices=("estimate", "objsize"),
                             help="how the Python workers' state cache weighs values: a "
                                  "constant-cost estimate, or Beam's full walk (objsize)")
+        parser.add_argument("--state_commit", default="pipelined",
+                            choices=("pipelined", "per_key"),
+                            help="how the Python workers write a bundle's state back: all "
+                                 "keys' writes sent before one wait (pipelined), or a round "
+                                 "trip per key, as Beam does (per_key)")
 
 
 def new_launch_id() -> str:

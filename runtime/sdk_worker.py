@@ -23,7 +23,7 @@ import grpc
 from apache_beam.portability.api import beam_provision_api_pb2, beam_provision_api_pb2_grpc
 from google.protobuf import json_format
 
-from runtime import state_cache
+from runtime import state_cache, state_commit
 
 
 def _descriptor(url: str) -> str:
@@ -63,14 +63,14 @@ def worker_environment(args: argparse.Namespace,
     return env
 
 
-def _sizer(options: dict[str, object]) -> str:
-    """The ``--state_cache_sizer`` the job was submitted with (its default: estimate)."""
+def _option(options: dict[str, object], name: str, default: str) -> str:
+    """The value of the launch option ``name`` the job was submitted with."""
     inner = options.get("options", options)
     assert isinstance(inner, dict)
-    for key in ("state_cache_sizer", "beam:option:state_cache_sizer:v1"):
+    for key in (name, f"beam:option:{name}:v1"):
         if key in inner:
             return str(inner[key])
-    return "estimate"
+    return default
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -86,8 +86,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     info = provision_info(args.provision_endpoint, args.id)
     env = worker_environment(args, info)
     os.environ.update(env)
-    if _sizer(json.loads(env["PIPELINE_OPTIONS"])) == "estimate":
+    options = json.loads(env["PIPELINE_OPTIONS"])
+    if _option(options, "state_cache_sizer", "estimate") == "estimate":
         state_cache.install()
+    state_commit.install(_option(options, "state_commit", "pipelined"))
     from apache_beam.runners.worker import sdk_worker_main
 
     sdk_worker_main.main(sys.argv)

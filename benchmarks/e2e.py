@@ -4,11 +4,16 @@ The whole product on this machine: Kafka (KRaft), the pipeline on the local
 Flink 1.19 cluster through the Beam 2.62 job server (Python workers in the
 worker pools beside the two TaskManagers), RocksDB with incremental exactly-once
 checkpoints every 10 s, Redis; all on the same 2 cores as the producer.
-Five jobs, started as ``python -m pipelines.<name>_features
+Seven jobs, started as ``python -m pipelines.<name>_features
 --runner=FlinkRunner`` with the product's preset (the fused engine, the 256 MB
-state cache) and a bundle preset (see Bundles), each on its own 2-partition
-topic: user and ride at parallelism 1 with each bundle preset, and user at
-parallelism 2 with ``low_latency``.
+state cache, the pipelined state commit) and a bundle preset (see Bundles),
+each on its own 2-partition topic: user and ride at parallelism 1 with each
+bundle preset, and user at parallelism 2 with ``low_latency``; then user at
+parallelism 2 with ``low_latency`` and ``--records_keyed_by_entity`` (the
+keyed stage decodes the records: one Python step per event), once with
+``--state_commit=per_key`` (Beam's own commit: a round trip per key when a
+bundle ends) and once with the default (every key's write sent, then one
+wait), one beside the other.
 Each job gets a single event (its Python workers start) and a 10 s warm-up
 at 200 events/s, then keeps running while the offered rate steps up: each
 phase sends a live stream (event time = now, 1,000 users, Zipf skew 1.1,
@@ -18,7 +23,7 @@ the next one starts.
 
 Per phase: the offered rate; the rate the producer achieved (one Python
 thread, on the same cores); the rate the job consumed: records into the
-step that receives every event (``Sessions`` / ``AmountSum60s``) from
+step that receives every event (``UserFeatures`` / ``RideFeatures``) from
 Flink's REST metrics, sampled every second, as the least-squares slope
 from 5 s into the phase to its end (whatever the events' delay to that
 step); and freshness, from the producer's send to the moment the event's
@@ -42,9 +47,13 @@ low rates the bundle time is the floor of freshness, while bigger bundles
 cost fewer state round trips per event and raise throughput. The product
 ships the choice as two presets (``runtime.flink.BUNDLE_PRESETS``):
 ``low_latency`` (bundles of up to 50 ms, the default for live streams) and
-``catch_up`` (bigger bundles, for backlogs; section 6d sizes them; the
-tables give each job's bundle time). The plots show
-freshness p50/p99 against the offered rate for each.
+``catch_up`` (bigger bundles, for backlogs; section 6d sizes them and
+measures what they read from a backlog; the tables give each job's bundle
+time). The plots show freshness p50/p99 against the offered rate for each.
+A live stream is not what ``catch_up`` is for: with 5-s bundles an event
+waits up to a bundle in each of the job's two Python steps, about the 10 s
+after which a phase stops, so no rate counts as kept up and its capacity
+column is only what it consumed in a stopped phase.
 
 Flink needs about a minute per job before it measures anything: ``--quick``
 does not run this section (``make bench`` does).

@@ -55,7 +55,7 @@ class _Handler:
 
 def _bundle(handler: _Handler) -> Any:
     """A bundle's state context after three keys wrote their cell, one appended to a
-    bag and one added to a set."""
+    bag and one added to a set (which Beam may already have written back, at random)."""
     context = bundle_processor.FnApiUserStateContext(
         handler, "Features", StrUtf8Coder(), GlobalWindows().get_window_coder())
     for n, key in enumerate(("u1", "u2", "u3")):
@@ -96,7 +96,8 @@ def test_per_key_commit_is_beams_own_a_wait_after_each_state(restore_commit):
     state_commit.install("per_key")
     handler = _Handler()
     _bundle(handler).commit()
-    assert handler.log[:6] == [
+    # (Beam's set state writes itself back at random when added to: left out here)
+    assert [e for e in handler.log if e[1] == "cell"][:6] == [
         ("clear", "cell", "u1"), ("extend", "cell", "u1", [{"n": 0}]), ("wait", "cell", "u1"),
         ("clear", "cell", "u2"), ("extend", "cell", "u2", [{"n": 1}]), ("wait", "cell", "u2")]
 

@@ -248,7 +248,7 @@ def measure_job(svc: Any, pipeline: str, parallelism: int, size: dict[str, Any],
     (``repeat``: the how-manieth job of its kind in this run, for its names;
     ``flags``: more flags for the job)."""
     name = f"bench-{pipeline}-p{parallelism}-{preset.replace('_', '-')}-{workers}"
-    name += "".join(f"-{FLAG_LABELS.get(f, f).replace(' ', '-')}" for f in flags)
+    name += flags_label(flags).replace(", ", "-").replace(" ", "-")
     if repeat > 1:
         name += f"-{repeat}"
     job = FeatureJob(svc, pipeline, parallelism, name, workdir, redis_db, bundles=preset,

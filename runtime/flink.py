@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from runtime import state_commit
 from runtime.endpoints import ServicePorts, default_state_dir
 
 
@@ -301,8 +302,8 @@ class LaunchOptions(PipelineOptions):
                             choices=("estimate", "objsize"),
                             help="how the Python workers' state cache weighs values: a "
                                  "constant-cost estimate, or Beam's full walk (objsize)")
-        parser.add_argument("--state_commit", default="pipelined",
-                            choices=("pipelined", "per_key"),
+        parser.add_argument("--state_commit", default=state_commit.MODES[0],
+                            choices=state_commit.MODES,
                             help="how the Python workers write a bundle's state back: all "
                                  "keys' writes sent before one wait (pipelined), or a round "
                                  "trip per key, as Beam does (per_key)")

@@ -5,10 +5,11 @@ bundle touched (``FnApiUserStateContext.commit``). For a bag state, and for a
 ReadModifyWrite or combining state, which are bags underneath, it sends the
 runner a clear and an append and then waits for the runner's answer before it
 writes the next state (``SynchronousBagRuntimeState.commit``). A keyed stage
-that touched 1,000 keys in a bundle waits for 1,000 round trips in a row, each
-a hop through gRPC and the Python worker's threads while the runner's own
-state thread is idle: on Flink that wait was a fifth of the fused stage's
-bundle time in a catch-up run.
+that touched N keys in a bundle waits for N round trips in a row, each a hop
+through gRPC and the Python worker's threads, and the runner waits for the
+bundle meanwhile. That costs most where bundles are small and frequent: live
+streams with the ``low_latency`` preset (BENCHMARKS.md, section 3, measures
+the user job both ways).
 
 ``install()`` replaces that commit in this process with one that sends the
 writes of every bag-backed state first and then waits for all their answers.
@@ -24,6 +25,8 @@ process under LOOPBACK.
 from __future__ import annotations
 
 from typing import Any
+
+from apache_beam.runners.worker import bundle_processor
 
 MODES = ("pipelined", "per_key")
 
@@ -41,12 +44,10 @@ def _send(bag: Any) -> Any:
 
 def commit_pipelined(context: Any) -> None:
     """``FnApiUserStateContext.commit``, with one wait for all bag-backed states."""
-    from apache_beam.runners.worker.bundle_processor import SynchronousBagRuntimeState
-
     pending = []
     for state in context._all_states.values():
         bag = getattr(state, "_underlying_bag_state", state)
-        if type(bag) is SynchronousBagRuntimeState:
+        if type(bag) is bundle_processor.SynchronousBagRuntimeState:
             pending.append(_send(bag))
         else:
             state.commit()
@@ -58,8 +59,6 @@ def commit_pipelined(context: Any) -> None:
 def install(mode: str = "pipelined") -> None:
     """Makes this process's SDK workers commit user state the ``mode`` way:
     ``pipelined`` (one wait per bundle) or ``per_key`` (Beam's own)."""
-    from apache_beam.runners.worker import bundle_processor
-
     if mode not in MODES:
         raise ValueError(f"state commit mode {mode!r}: one of {', '.join(MODES)}")
     context = bundle_processor.FnApiUserStateContext

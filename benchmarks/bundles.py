@@ -1,4 +1,5 @@
-"""Section 6d: how big a catch-up bundle is: 1 s / 50,000 elements vs the ``catch_up`` preset.
+"""Section 6d: catch-up bundles for the fused stage: their size, and how often
+speculative updates leave them.
 
 A keyed Python stage on Flink pays, per key and bundle, a state read and a
 state write between Flink and the Python worker and the key's timer
@@ -8,14 +9,23 @@ costs among more events; a Python step hands its output on only when its
 bundle ends, so they also make values later, which is why live streams keep
 the ``low_latency`` preset and only backlogs take ``catch_up``.
 
+In a backlog's bundle an entity has hundreds of events, and each makes a
+speculative update per feature that the store never sees (it is written
+once per entity and bundle, with the newest). The ``catch_up`` preset
+therefore implies ``--speculative_updates=per_bundle``: per entity and
+feature, only the update the store keeps leaves the stage, at the bundle's
+end.
+
 Section 6's fastest job (the fused engine, ``--records_keyed_by_entity``,
 256 MB state cache with the ``estimate`` sizer, 1,000 users, parallelism 1)
-reads the same backlog with bundles of up to 1 s / 50,000 elements and with
-the ``catch_up`` preset's limits, in the order A B B A per pipeline on one
-cluster, so drift on the box over the run hits both alike. The backlog is
-1,200,000 events (section 6's stream shape), so a 5-s bundle is a small part
-of the measured stretch; rate as in section 6 (the slope of records into the
-keyed step from 20 s after it took 5% of the backlog, for 60 s).
+reads the same backlog three ways: bundles of up to 1 s / 50,000 elements
+and of the ``catch_up`` preset's limits, both emitting every speculative
+update, and the ``catch_up`` preset as shipped (per bundle). The order is
+A B C C B A per pipeline on one cluster, so drift on the box over the run
+hits all alike. The backlog is 1,200,000 events (section 6's stream shape),
+so a 5-s bundle is a small part of the measured stretch; rate as in section
+6 (the slope of records into the keyed step from 20 s after it took 5% of
+the backlog, for 60 s).
 """
 
 from __future__ import annotations
@@ -26,24 +36,27 @@ from typing import Any
 
 from benchmarks.engine import _catch_up, _fill, mean_rates
 from benchmarks.flink_job import flink_services
+from pipelines.options import SPECULATIVE_BY_PRESET
 from runtime.flink import BUNDLE_PRESETS
 
 NAME = "bundles"
-TITLE = "Bundles: catch-up bundle size for the fused stage"
+TITLE = "Bundles: catch-up bundle size and speculative updates for the fused stage"
 PARAMS = ("fused-records", "catch_up", 256, "estimate", 1_000)
 _PRESET = BUNDLE_PRESETS["catch_up"]
-# label -> (max bundle time ms, max bundle size); measured A B B A.
-SIZES = {
-    "1 s / 50,000": (1_000, 50_000),
-    f"catch_up: {_PRESET['max_bundle_time_ms'] / 1000:g} s / "
-    f"{_PRESET['max_bundle_size']:,}": (_PRESET["max_bundle_time_ms"],
-                                        _PRESET["max_bundle_size"]),
+_LIMITS = (_PRESET["max_bundle_time_ms"], _PRESET["max_bundle_size"])
+_SIZE = f"{_LIMITS[0] / 1000:g} s / {_LIMITS[1]:,}"
+# label -> ((max bundle time ms, max bundle size), speculative updates); measured
+# A B C C B A.
+VARIANTS: dict[str, tuple[tuple[int, int], str]] = {
+    "1 s / 50,000; every element": ((1_000, 50_000), "every_element"),
+    f"{_SIZE}; every element": (_LIMITS, "every_element"),
+    f"catch_up: {_SIZE}; per bundle": (_LIMITS, SPECULATIVE_BY_PRESET["catch_up"]),
 }
 
 
 def run(mode: str) -> dict[str, Any]:
     events = 200_000 if mode == "quick" else 1_200_000
-    labels = list(SIZES)
+    labels = list(VARIANTS)
     order = labels + labels[::-1]
     runs = []
     with flink_services() as svc, tempfile.TemporaryDirectory() as tmp:
@@ -51,20 +64,26 @@ def run(mode: str) -> dict[str, Any]:
             topic = f"bundles-{pipeline}"
             _fill(svc, pipeline, topic, events, PARAMS[4])
             for label in order:
-                result = _catch_up(svc, pipeline, label, topic, events, Path(tmp), mode,
-                                   params=PARAMS, bundle=SIZES[label])
-                result["bundle_limits"] = list(SIZES[label])
+                limits, speculative = VARIANTS[label]
+                try:
+                    result = _catch_up(svc, pipeline, label, topic, events, Path(tmp), mode,
+                                       params=PARAMS, bundle=limits, speculative=speculative)
+                except Exception as e:  # noqa: BLE001 (one failed job must not lose the others)
+                    print(f"  {pipeline} {label} FAILED: {e}", flush=True)
+                    runs.append({"pipeline": pipeline, "variant": label, "events_per_s": None,
+                                 "error": f"{type(e).__name__}: {e}"[:1000]})
+                    continue
                 print(f"  {pipeline} {label}: {result['events_per_s']} events/s "
                       f"({result['events_measured']} events in {result['seconds_measured']} s)",
                       flush=True)
                 runs.append(result)
     return {"params": {"events": events, "variant": list(PARAMS), "order": order,
-                       "sizes": {k: list(v) for k, v in SIZES.items()}},
+                       "variants": {k: [list(v[0]), v[1]] for k, v in VARIANTS.items()}},
             "runs": runs, "summary": summary(runs)}
 
 
 def summary(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per pipeline and bundle size: the mean events/s and the ratio to the first size."""
+    """Per pipeline and variant: the mean events/s and the ratio to the first variant."""
     out: dict[str, dict[str, Any]] = {}
     labels = dict.fromkeys(r["variant"] for r in runs)
     for pipeline, means in mean_rates(runs, dict.fromkeys(r["pipeline"] for r in runs),

@@ -46,6 +46,7 @@ from typing import Any
 
 from benchmarks.flink_job import DecodedSampler, JobSampler, flink_services
 from pipelines.generate import StreamSpec, generate
+from pipelines.options import SPECULATIVE_BY_PRESET
 from pipelines.produce import SCHEMA_FILES, EventProducer
 from runners.pipeline_process import PipelineProcess
 from runtime.flink import BUNDLE_PRESETS, service_args
@@ -101,13 +102,17 @@ def _catch_up(svc: Any, pipeline: str, variant: str, topic: str, events: int,
               workdir: Path, mode: str, parallelism: int = 1,
               params: tuple[str, str, int, str, int] | None = None,
               job: tuple[str, str, tuple[str, ...]] | None = None,
-              bundle: tuple[int, int] | None = None) -> dict[str, Any]:
+              bundle: tuple[int, int] | None = None,
+              speculative: str | None = None) -> dict[str, Any]:
     """Runs one variant (``params`` if given, else ``VARIANTS[variant]``) on a filled
     topic; ``job`` = (module, step sampled, its flags) runs another job module;
-    ``bundle`` = (ms, elements) overrides the bundle preset's limits."""
+    ``bundle`` = (ms, elements) overrides the bundle preset's limits, ``speculative``
+    the speculative-update policy it implies."""
     engine, bundles, cache_mb, sizer, users = params or VARIANTS[variant]
     limits = () if bundle is None else (f"--max_bundle_time_mills={bundle[0]}",
                                         f"--max_bundle_size={bundle[1]}")
+    if speculative is not None:
+        limits += (f"--speculative_updates={speculative}",)
     flags = [*service_args(svc, parallelism, CHECKPOINT_INTERVAL_MS, bundles), *limits,
              f"--topic={topic}",
              f"--max_cache_memory_usage_mb={cache_mb}", f"--state_cache_sizer={sizer}",
@@ -162,6 +167,7 @@ def _catch_up(svc: Any, pipeline: str, variant: str, topic: str, events: int,
     return {"pipeline": pipeline, "variant": variant, "engine": engine, "bundles": bundles,
             "bundle_limits": list(bundle or (preset["max_bundle_time_ms"],
                                              preset["max_bundle_size"])),
+            "speculative_updates": speculative or SPECULATIVE_BY_PRESET[bundles],
             "users": users, "events": events,
             "events_per_s": None if rate is None else round(rate),
             "seconds_measured": round(t1 - t0, 1) if rate else None,

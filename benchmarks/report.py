@@ -529,13 +529,14 @@ def _engine(data: dict[str, Any]) -> list[str]:
 
 
 def _bundles(data: dict[str, Any]) -> list[str]:
-    out = ["| pipeline | bundles (time / elements) | events/s (slope) | mean | x 1 s "
-           "| events / s measured |", "|---|---|---:|---:|---:|---|"]
+    out = ["| pipeline | bundles (time / elements); speculative updates | events/s (slope) "
+           "| mean | x first | events / s measured |", "|---|---|---:|---:|---:|---|"]
     for r in data["runs"]:
         s = data["summary"][r["pipeline"]][r["variant"]]
+        measured = (f"FAILED: {r['error']}" if "error" in r else
+                    f"{_n(r['events_measured'])} / {r['seconds_measured']}")
         out.append(f"| {r['pipeline']} | {r['variant']} | {_n(r['events_per_s'])} "
-                   f"| {_n(s['events_per_s'])} | x{s['over_first']} "
-                   f"| {_n(r['events_measured'])} / {r['seconds_measured']} |")
+                   f"| {_n(s['events_per_s'])} | x{s['over_first']} | {measured} |")
     return [*out, "", f"{_n(data['params']['events'])} events in the backlog per pipeline; "
             f"runs in the order {', '.join(data['params']['order'])}.", ""]
 

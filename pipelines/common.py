@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import logging
+import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -144,6 +147,7 @@ def run(argv: Sequence[str] | None, schema_file: str, features: FeatureGraph,
     feature_options = options.view_as(FeatureOptions)
     flink = is_flink(argv)
     if flink:
+        _stacks_on_sigusr1()
         launch = options.view_as(LaunchOptions)
         launch.launch_id = launch.launch_id or new_launch_id()
         naming = options.view_as(GoogleCloudOptions)
@@ -202,6 +206,13 @@ def _run_on_flink(pipeline: beam.Pipeline, options: PipelineOptions,
     return {"flink.job_id": job.jid, "flink.job_name": job_name, **summary}
 
 
+def _stacks_on_sigusr1() -> None:
+    """``kill -USR1 <pid>`` prints the launcher's thread stacks to stderr: what a
+    launcher that does not end (a job service that does not answer) waits for."""
+    if threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGUSR1"):
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+
+
 def _follow_stream(result: Any, job: LaunchedJob) -> dict[str, Any]:
     """Follows an open-ended stream until its job ends (cancelled by Ctrl-C, SIGTERM,
     or on the cluster)."""
@@ -212,13 +223,31 @@ def _follow_stream(result: Any, job: LaunchedJob) -> dict[str, Any]:
         while (state := job.state_or_none() or "RUNNING") in ACTIVE_STATES:
             time.sleep(2.0)
     finally:
+        _cancel_invocation(result)
+    if state == "FAILED":
+        raise SystemExit(f"Flink job {jid} FAILED; see the JobManager's log")
+    return {"flink.final_state": state}
+
+
+def _cancel_invocation(result: Any, timeout_s: float = 10.0) -> None:
+    """Tells the job service the invocation is over, waiting at most ``timeout_s``.
+
+    Its Cancel call has no deadline, and the job it names is cancelled on the
+    cluster afterwards anyway (``LaunchedJob``): a job service slow to answer must
+    not keep an interrupted launcher from getting there.
+    """
+    def cancel() -> None:
         try:
             result.cancel()
         except Exception:  # noqa: BLE001 (the job service may already be gone)
             pass
-    if state == "FAILED":
-        raise SystemExit(f"Flink job {jid} FAILED; see the JobManager's log")
-    return {"flink.final_state": state}
+
+    thread = threading.Thread(target=cancel, name="cancel-invocation", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        print(f"the job service did not answer Cancel within {timeout_s:.0f} s; "
+              "cancelling on the cluster", flush=True)
 
 
 def _scrub_secrets(options: FeatureOptions) -> None:

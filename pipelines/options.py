@@ -7,6 +7,7 @@ from typing import Any
 from apache_beam.options.pipeline_options import KafkaStreamsRunnerOptions, PipelineOptions
 
 from transforms.engine import ENGINES, EngineSettings
+from transforms.fused import SPECULATIVE
 
 
 class FeatureOptions(PipelineOptions):
@@ -94,6 +95,13 @@ def add_feature_arguments(group: Any, engine: bool = True) -> None:
                            help="fused: one keyed stage for all of an entity's features (one "
                                 "state cell and one timer family per key); stages: a keyed "
                                 "stage per feature group (restores savepoints taken by it)")
+        group.add_argument("--speculative_updates", default=None, choices=SPECULATIVE,
+                           help="every_element: each speculative value is emitted; per_bundle: "
+                                "per entity and feature, the one the store keeps of a bundle's, "
+                                "at its end (the store gets the same values either way: it is "
+                                "written once per entity and bundle; the feature log and the "
+                                "speculative counters see fewer). Default: per_bundle with the "
+                                "catch_up bundle preset, every_element otherwise")
 
 
 def engine_settings(options: PipelineOptions, step_names: dict[str, str] | None = None
@@ -105,7 +113,27 @@ def engine_settings(options: PipelineOptions, step_names: dict[str, str] | None 
         watermark_delay_ms=options.max_out_of_orderness_ms,
         allowed_lateness_ms=options.allowed_lateness_ms, tile_ms=options.tile_ms,
         state_ttl_s=options.state_ttl_s, early_firings=not options.no_early_firings,
+        speculative=speculative_updates(options),
         step_names=dict(step_names or {}))
+
+
+# What a bundle preset (``runtime.flink.BUNDLE_PRESETS``) implies for speculative
+# updates: a backlog's bundles hold hundreds of events per entity, whose speculative
+# values nobody can read before the bundle's end.
+SPECULATIVE_BY_PRESET = {"low_latency": "every_element", "catch_up": "per_bundle"}
+
+
+def speculative_updates(options: PipelineOptions | Any) -> str:
+    """``--speculative_updates`` if given, else what the job's ``--bundle_preset``
+    implies; ``every_element`` for options that have neither (a training set)."""
+    given = getattr(options, "speculative_updates", None)
+    if given:
+        return str(given)
+    if isinstance(options, PipelineOptions):
+        from runtime.flink import LaunchOptions
+
+        return SPECULATIVE_BY_PRESET[options.view_as(LaunchOptions).bundle_preset]
+    return "every_element"
 
 
 def bootstrap_servers(options: PipelineOptions) -> str:

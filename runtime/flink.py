@@ -197,7 +197,8 @@ def service_args(svc: Cluster, parallelism: int = 1,
                                checkpoint_interval_ms=checkpoint_interval_ms,
                                min_pause_ms=min(500, checkpoint_interval_ms),
                                **BUNDLE_PRESETS[bundles])
-    return [*preset.pipeline_args(), f"--expansion_service={svc.ports.expansion_address}",
+    return [*preset.pipeline_args(), f"--bundle_preset={bundles}",
+            f"--expansion_service={svc.ports.expansion_address}",
             f"--bootstrap_servers={svc.ports.bootstrap_servers}"]
 
 

@@ -40,7 +40,7 @@ from apache_beam.transforms.userstate import TimerSpec, get_dofn_specs
 from transforms.counters import LifetimeCounts
 from transforms.declarations import DeclarationError, Feature
 from transforms.decode import DEAD, KeyedRecords
-from transforms.fused import FusedFeatures
+from transforms.fused import SPECULATIVE, FusedFeatures
 from transforms.keys import KeyByEntity
 from transforms.late import LATE
 from transforms.lifetime import LifetimeAggregate
@@ -62,6 +62,8 @@ class EngineSettings:
         tile_ms: overrides the tile of every sliding feature (must divide its size).
         state_ttl_s: overrides the declared state TTL of lifetime features.
         early_firings: False turns every feature's speculative values off.
+        speculative: how often speculative updates leave the fused stage
+            (``transforms.fused.SPECULATIVE``); the stages engine emits each one.
         step_names: renames of the default step names (stable names for
             savepoints taken by an earlier version of a pipeline).
     """
@@ -72,6 +74,7 @@ class EngineSettings:
     tile_ms: int | None = None
     state_ttl_s: float | None = None
     early_firings: bool = True
+    speculative: str = "every_element"
     step_names: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
@@ -154,6 +157,12 @@ class FeatureEngine:
                  pipeline: str) -> None:
         if settings.engine not in ENGINES:
             raise ValueError(f"engine {settings.engine!r} is not one of {', '.join(ENGINES)}")
+        if settings.speculative not in SPECULATIVE:
+            raise ValueError(f"speculative {settings.speculative!r} is not one of "
+                             f"{', '.join(SPECULATIVE)}")
+        if settings.engine == "stages" and settings.speculative != "every_element":
+            raise ValueError("the stages engine emits every speculative update: "
+                             f"speculative {settings.speculative!r} needs engine 'fused'")
         if not features:
             raise DeclarationError(f"pipeline {pipeline!r} declares no features")
         salted = [f.name for f in features if f.hot_key_fanout]
@@ -308,7 +317,8 @@ class FeatureEngine:
                 if len(self._by_entity) > 1:
                     label += camel(entity)
                 out = keyed | self._name(label) >> FusedFeatures(
-                    [(g.label, g.transform.fn, g.where) for g in groups])
+                    [(g.label, g.transform.fn, g.where) for g in groups],
+                    speculative=self._settings.speculative)
                 updates.append(out["updates"])
                 late.append(out[LATE])
                 continue
@@ -337,6 +347,6 @@ class FeatureEngine:
         groups = self._by_entity[entity]
         out = records.records | self._name(f"{camel(self._pipeline)}Features") >> (
             FusedFeatures([(g.label, g.transform.fn, g.where) for g in groups],
-                          records.decoder))
+                          records.decoder, self._settings.speculative))
         records.dead.append(out[DEAD])
         return [out["updates"]], [out[LATE]]

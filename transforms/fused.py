@@ -48,7 +48,9 @@ from apache_beam.transforms.userstate import (
     get_dofn_specs,
     on_timer,
 )
+from apache_beam.transforms.window import GlobalWindow, GlobalWindows
 from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms.decode import DEAD, RecordDecoder
 from transforms.late import LATE
@@ -65,6 +67,10 @@ _BOOKKEEPING = frozenset((_TIMERS, _SEEN, _SEQ, "_v"))
 _NEW_UPDATE = tuple.__new__
 
 Part = tuple[str, DoFn, Callable[[dict[str, Any]], bool] | None]
+
+# How often a feature's speculative values leave the stage: each one, or per
+# entity and feature the one the sink keeps of a bundle's, at the bundle's end.
+SPECULATIVE = ("every_element", "per_bundle")
 
 
 class FeaturePart(beam.PTransform):
@@ -187,7 +193,8 @@ class _FusedFn(beam.DoFn):
     CELL = ReadModifyWriteStateSpec("features", FastPrimitivesCoder())
     FIRE = TimerSpec("features_fire", beam.TimeDomain.WATERMARK)
 
-    def __init__(self, parts: Sequence[Part], decoder: RecordDecoder | None = None) -> None:
+    def __init__(self, parts: Sequence[Part], decoder: RecordDecoder | None = None,
+                 speculative: str = "every_element") -> None:
         labels = [label for label, _, _ in parts]
         if len(set(labels)) != len(labels) or any("/" in label for label in labels):
             raise ValueError(f"part labels must be distinct and have no '/': {labels}")
@@ -196,11 +203,20 @@ class _FusedFn(beam.DoFn):
         # runner, its cell]; None outside a bundle (timers are then set at once).
         self._touched: dict[str, list[Any]] | None = None
         self._decoder = decoder
+        if speculative not in SPECULATIVE:
+            raise ValueError(f"speculative must be one of {', '.join(SPECULATIVE)}: "
+                             f"{speculative!r}")
+        self._per_bundle = speculative == "per_bundle"
+        # Per (entity, feature), the speculative update held for the bundle's end and
+        # its element timestamp; None outside a bundle (updates then leave at once).
+        self._held: dict[tuple[str, str], tuple[FeatureUpdate, Timestamp]] | None = None
 
     def start_bundle(self) -> None:
         self._touched = {}
+        if self._per_bundle:
+            self._held = {}
 
-    def finish_bundle(self) -> None:
+    def finish_bundle(self) -> Iterator[WindowedValue]:
         """Sets and clears, per key, only the difference between the times set on the
         runner when the bundle first saw the key and the times its parts wait for now:
         a key's events that move its timers (a session's close, at every event) cost
@@ -208,6 +224,29 @@ class _FusedFn(beam.DoFn):
         touched, self._touched = self._touched or {}, None
         for fire, on_runner, cell in touched.values():
             self._sync_timers(fire, on_runner, self._armed(cell))
+        held, self._held = self._held, None
+        if held:
+            window = (GlobalWindow(),)
+            for update, timestamp in held.values():
+                yield WindowedValue(update, timestamp, window)
+
+    def _hold(self, update: FeatureUpdate, timestamp: Timestamp) -> bool:
+        """Per bundle: keeps a speculative update back for the bundle's end if the
+        sink would keep it over the one held for its feature (True: not emitted
+        now). A final update always leaves at once, and drops the speculative
+        one held for its feature when the sink would keep the final instead."""
+        held = self._held
+        if held is None:
+            return False
+        key = (update.entity_id, update.feature)
+        pending = held.get(key)
+        if update.final:
+            if pending is not None and update.newer_than(pending[0]):
+                del held[key]
+            return False
+        if pending is None or update.newer_than(pending[0]):
+            held[key] = (update, timestamp)
+        return True
 
     def _defer(self, key: str, fire: Any, cell: dict[str, Any], fired: int | None = None
                ) -> bool:
@@ -238,16 +277,18 @@ class _FusedFn(beam.DoFn):
         for micros in before - after:
             fire.clear(dynamic_timer_tag=str(micros))
 
-    @staticmethod
-    def _stamped(outputs: Iterable[Any], cell: dict[str, Any], visible_ms: int
-                 ) -> Iterator[Any]:
-        """The updates of ``outputs`` with ``visible_ms`` and the key's next seqs."""
+    def _stamped(self, outputs: Iterable[Any], cell: dict[str, Any], visible_ms: int,
+                 timestamp: Timestamp) -> Iterator[Any]:
+        """The updates of ``outputs`` with ``visible_ms`` and the key's next seqs, less
+        those held for the bundle's end."""
         seq = cell.get(_SEQ, 0)
         for out in outputs:
             if type(out) is FeatureUpdate:
                 # A NamedTuple's _replace costs a few microseconds; this a fraction.
                 out = _NEW_UPDATE(FeatureUpdate, (*out[:6], visible_ms, seq))
                 seq += 1
+                if self._held is not None and self._hold(out, timestamp):
+                    continue
             yield out
         cell[_SEQ] = seq
 
@@ -273,7 +314,8 @@ class _FusedFn(beam.DoFn):
         for part in self._parts:
             if part.where is None or part.where(event):
                 yield from self._stamped(
-                    part.fn.process(kv, **part.kwargs(part.process_params, cell)), cell, seen)
+                    part.fn.process(kv, **part.kwargs(part.process_params, cell)), cell, seen,
+                    timestamp)
         if before is not None:
             self._sync_timers(fire, before, self._armed(cell))
         cell_state.write(cell)
@@ -303,7 +345,7 @@ class _FusedFn(beam.DoFn):
                     del timers[name]
                 kwargs = part.kwargs(params, cell, key, fired)
                 yield from self._stamped(callback(part.fn, **kwargs) or (), cell,
-                                         micros // 1000)
+                                         micros // 1000, fired)
         if before is not None:
             self._sync_timers(fire, before, self._armed(cell))
         if any(k not in _BOOKKEEPING for k in cell) or cell.get(_TIMERS):
@@ -325,12 +367,20 @@ class FusedFeatures(beam.PTransform):
             part's state), the feature DoFn of a feature transform (its ``_fn``),
             and the filter of the events it takes (None: all).
         decoder: decodes the raw records the stage takes (None: it takes events).
+        speculative: ``every_element``: every speculative update leaves the stage;
+            ``per_bundle``: per entity and feature, only the one the sink keeps of a
+            bundle's speculative updates leaves it, at the bundle's end (the online
+            store is written once per entity and bundle either way: it gets the same
+            values; the feature log and the speculative-update counters see fewer).
+            Final updates always leave at once.
     """
 
-    def __init__(self, parts: Sequence[Part], decoder: RecordDecoder | None = None) -> None:
+    def __init__(self, parts: Sequence[Part], decoder: RecordDecoder | None = None,
+                 speculative: str = "every_element") -> None:
         super().__init__()
         self._decoder = decoder
-        self._fn = _FusedFn(parts, decoder)
+        self._speculative = speculative
+        self._fn = _FusedFn(parts, decoder, speculative)
 
     @property
     def fn(self) -> DoFn:
@@ -338,6 +388,10 @@ class FusedFeatures(beam.PTransform):
         return self._fn
 
     def expand(self, keyed: beam.PCollection) -> pvalue.DoOutputsTuple:
+        if self._speculative == "per_bundle" and not isinstance(
+                keyed.windowing.windowfn, GlobalWindows):
+            raise ValueError("speculative updates per bundle leave the stage in the global "
+                             f"window; its input is windowed by {keyed.windowing.windowfn}")
         if self._decoder is not None:
             # Another step name: a savepoint of one input kind never restores into the other.
             return keyed | "FeaturesFromRecords" >> beam.ParDo(self._fn).with_output_types(

@@ -200,7 +200,14 @@ def test_interrupted_launcher_cancels_its_job(svc, tmp_path, sig):
             assert time.monotonic() < deadline and process.proc.poll() is None
             time.sleep(0.5)
         process.proc.send_signal(sig)
-        process.proc.wait(timeout=120)
+        try:
+            process.proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            process.proc.send_signal(signal.SIGUSR1)  # it prints its threads' stacks
+            time.sleep(2)
+            pytest.fail(f"the launcher still runs 120 s after {sig.name}; its stdout ends "
+                        f"{process.stdout.read_text()[-500:]!r}; its stderr (stacks):\n"
+                        f"{process.stderr.read_text()[-8000:]}")
         state = process.job_state()
     finally:
         process.kill()

@@ -18,7 +18,7 @@ from apache_beam.testing import test_stream
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
-from tests.helpers import FAR_FUTURE_MS, event, run_stream, stream_of
+from tests.helpers import FAR_FUTURE_MS, event, finals, run_stream, stream_of
 from transforms.counters import LifetimeCounts
 from transforms.decode import RecordDecoder
 from transforms.fused import FusedFeatures
@@ -173,3 +173,52 @@ def test_records_go_only_to_a_fused_stage_keyed_by_their_key_field():
                                              f"'{engine}', entities \\['userId'\\]"):
             FeatureEngine(PIPELINES["ride"], EngineSettings(engine=engine), "ride").expand(
                 KeyedRecords(records, decoder))
+
+
+def _kept(updates: list[Any]) -> dict[tuple[str, str], Any]:
+    """Per entity and feature, the update the sink's guard keeps of ``updates``."""
+    kept: dict[tuple[str, str], Any] = {}
+    for u in sorted(updates, key=lambda u: (u.visible_ms, u.seq)):
+        key = (u.entity_id, u.feature)
+        if key not in kept or u.newer_than(kept[key]):
+            kept[key] = u
+    return kept
+
+
+def test_speculative_updates_per_bundle_keep_the_finals_and_what_the_store_keeps():
+    """Several events per bundle: per entity and feature, a bundle's speculative
+    updates leave once. The finals and the late events are the same as with
+    every_element, every update that leaves is one every_element emits, and the
+    store keeps the same value of each feature."""
+    def bundled() -> test_stream.TestStream:
+        stream = test_stream.TestStream()
+        bundle: list[Any] = []
+        for step in (*STREAM, FAR_FUTURE_MS):
+            if isinstance(step, int):  # the events between two watermarks: one bundle
+                if bundle:
+                    stream = stream.add_elements(bundle)
+                    bundle = []
+                stream = stream.advance_watermark_to(Timestamp(micros=step * 1000))
+            else:
+                bundle.append(TimestampedValue(step, step["eventTimestamp"] / 1000))
+        return stream.advance_watermark_to_infinity()
+
+    def run(speculative: str) -> dict[str, list[Any]]:
+        parts = [(label, make().fn, where) for label, (make, where) in PARTS.items()]
+        return run_stream(FusedFeatures(parts, speculative=speculative), bundled())
+
+    every, per_bundle = run("every_element"), run("per_bundle")
+    assert sorted(map(repr, finals(per_bundle["updates"]))) == sorted(
+        map(repr, finals(every["updates"])))
+    assert normalized(per_bundle)[1] == normalized(every)[1]
+    emitted = set(map(repr, every["updates"]))
+    assert all(repr(u) in emitted for u in per_bundle["updates"])
+    speculative = [u for u in per_bundle["updates"] if not u.final]
+    assert 0 < len(speculative) < sum(not u.final for u in every["updates"])
+    assert _kept(per_bundle["updates"]) == _kept(every["updates"])
+
+
+def test_speculative_updates_take_a_known_policy():
+    fn = PARTS["Sliding"][0]().fn
+    with pytest.raises(ValueError, match="every_element, per_bundle: 'sometimes'"):
+        FusedFeatures([("s", fn, None)], speculative="sometimes")

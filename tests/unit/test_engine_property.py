@@ -162,17 +162,20 @@ def evaluate(f: Feature, events: list[dict[str, Any]]) -> dict[int, Any]:
 
 def run_engine(features: list[Feature], events: list[dict[str, Any]], engine: str
                ) -> list[Any]:
+    """``engine``: ``fused`` or ``stages``, or ``fused/<speculative policy>``."""
+    engine, _, speculative = engine.partition("/")
+    settings = EngineSettings(engine=engine, speculative=speculative or "every_element")
     results: dict[str, list[Any]] = {"updates": []}
     with TestPipeline(options=batch_options()) as p:
         timestamped = p | beam.Create(events) | beam.Map(_timestamped)
-        updates, _ = FeatureEngine(features, EngineSettings(engine=engine), "test").expand(
-            timestamped)
+        updates, _ = FeatureEngine(features, settings, "test").expand(timestamped)
         assert_that(updates | beam.Flatten(), _capture_into(results, "updates"))
     return results["updates"]
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(catalogue(), st.lists(ride, min_size=1, max_size=30), st.sampled_from(["fused", "stages"]))
+@given(catalogue(), st.lists(ride, min_size=1, max_size=30),
+       st.sampled_from(["fused", "stages", "fused/per_bundle"]))
 def test_compiled_declarations_match_a_plain_evaluation(features, events, engine):
     updates = run_engine(features, events, engine)
     got: dict[tuple[str, str], dict[int, Any]] = {}
@@ -210,3 +213,11 @@ def test_hot_key_salting_is_refused_by_the_stateful_engine():
         "count"), window=FixedWindows(60), hot_key_fanout=8)
     with pytest.raises(DeclarationError, match=r"features \['f'\]: hot_key_fanout"):
         FeatureEngine([salted], EngineSettings(), "test")
+
+
+def test_speculative_updates_per_bundle_need_the_fused_engine():
+    feature = Feature("f", entity="userId", source=schemas.RIDE_EVENT,
+                      aggregation=Aggregation("count"), window=FixedWindows(60))
+    with pytest.raises(ValueError, match="speculative 'per_bundle' needs engine 'fused'"):
+        FeatureEngine([feature], EngineSettings(engine="stages", speculative="per_bundle"),
+                      "test")

@@ -56,3 +56,19 @@ def test_the_last_environment_and_preset_given_win_as_in_beams_parser():
                 "--environment_type=LOOPBACK", "--bundle_preset=low_latency")
     assert "--environment_config" not in got
     assert got["--max_bundle_time_mills"] == "50" and "--max_bundle_size" not in got
+
+
+@pytest.mark.parametrize(("argv", "want"), [
+    ((), "every_element"),
+    (("--bundle_preset=low_latency",), "every_element"),
+    (("--bundle_preset=catch_up",), "per_bundle"),
+    (("--bundle_preset=catch_up", "--speculative_updates=every_element"), "every_element"),
+    (("--speculative_updates=per_bundle",), "per_bundle"),
+])
+def test_the_bundle_preset_implies_how_often_speculative_updates_leave(argv, want):
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipelines.options import FeatureOptions, engine_settings
+
+    options = PipelineOptions(with_flink_defaults(["--runner=FlinkRunner", *argv]))
+    assert engine_settings(options.view_as(FeatureOptions)).speculative == want

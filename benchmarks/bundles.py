@@ -1,5 +1,4 @@
-"""Section 6d: catch-up bundles for the fused stage: their size, and how often
-speculative updates leave them.
+"""Section 6d: catch-up bundles: their size, and how often speculative updates leave them.
 
 A keyed Python stage on Flink pays, per key and bundle, a state read and a
 state write between Flink and the Python worker and the key's timer

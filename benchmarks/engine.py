@@ -149,8 +149,11 @@ def _catch_up(svc: Any, pipeline: str, variant: str, topic: str, events: int,
             if n >= 0.95 * events or (t0 is not None and now >= t0 + MEASURE_S[mode]):
                 break
             if time.monotonic() > deadline or process.proc.poll() is not None:
+                code = process.proc.poll()
+                why = ("still running" if code is None else
+                       f"the launcher exited {code}: {_tail(process.stderr)}")
                 raise RuntimeError(f"{pipeline}/{variant}: backlog not read in time "
-                                   f"({n}/{events})")
+                                   f"({n}/{events}); {why}")
             time.sleep(1)
         sampler.stop()
         per_subtask = sampler.subtask_records()
@@ -204,6 +207,14 @@ def run(mode: str) -> dict[str, Any]:
                        "warm_up_s": WARM_UP_S[mode], "measure_s": MEASURE_S[mode],
                        "variants": {v: list(p) for v, p in VARIANTS.items()}},
             "runs": runs, "summary": summary(runs)}
+
+
+def _tail(path: Path, chars: int = 700) -> str:
+    """The end of a launcher's stderr: why a run failed, as far as it says."""
+    try:
+        return path.read_text(errors="replace")[-chars:].strip() or "(no stderr)"
+    except OSError as e:
+        return f"(stderr unreadable: {e})"
 
 
 def mean_rates(runs: list[dict[str, Any]], pipelines: Iterable[str],

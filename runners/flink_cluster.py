@@ -41,7 +41,7 @@ FLINK_VERSION = "1.19.0"
 
 # Explicit memory budget: Flink's share of the box.
 FLINK_JM_PROCESS_SIZE = "1024m"
-FLINK_TM_PROCESS_SIZE = "2048m"
+FLINK_TM_PROCESS_SIZE = "3584m"
 FLINK_TM_SLOTS = 1
 FLINK_TASKMANAGERS = 2
 
@@ -58,6 +58,17 @@ def flink_overview(rest_port: int) -> dict[str, Any] | None:
     except (OSError, urllib.error.URLError, ValueError):
         return None
 
+
+# Every Beam job loads its own copy of gRPC's netty (vendored, relocated), whose
+# pooled direct buffers outlive the job: a TaskManager's direct memory grows with
+# each job it ran, and once it is spent the next job's Python workers cannot
+# start (gRPC fails to answer them; the task then waits for them for ever). One
+# arena per job instead of one per core, and room for many jobs per session.
+NETTY_DIRECT_MEMORY = {
+    "taskmanager.memory.task.off-heap.size": "512m",
+    "env.java.opts.taskmanager":
+        "-Dorg.apache.beam.vendor.grpc.v1p60p1.io.netty.allocator.numDirectArenas=1",
+}
 
 # RocksDB's native memory as metrics: memtables and blocks (both charged to the slot's
 # managed-memory cache), one series per state with the state's name as a label.
@@ -108,6 +119,7 @@ def _flink_config(ports: ServicePorts, state_dir: Path,
         # Every Beam job loads its own classes: many jobs per session need room.
         "taskmanager.memory.jvm-metaspace.size": "768m",
         "env.java.opts.all": java_opts,
+        **NETTY_DIRECT_MEMORY,
         # Metrics for Prometheus (the reporter ships in Flink's plugins/ directory); each
         # TaskManager gets its own port on its command line.
         "metrics.reporter.prom.factory.class": PROMETHEUS_REPORTER,

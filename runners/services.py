@@ -120,7 +120,7 @@ _properties_text = properties_text
 
 SERVICE_ORDER: tuple[str, ...] = ("kafka", "redis", "registry", "flink", "expansion",
                                    "jobserver")
-# Memory budget (2 cores / 24 GiB box), ~6 GiB for everything: KAFKA_HEAP, REDIS_MAXMEMORY,
+# Memory budget (2 cores / 24 GiB box), ~10 GiB for everything: KAFKA_HEAP, REDIS_MAXMEMORY,
 # REGISTRY_HEAP, FLINK_JM_PROCESS_SIZE + FLINK_TASKMANAGERS x FLINK_TM_PROCESS_SIZE,
 # EXPANSION_HEAP, JOBSERVER_HEAP.
 

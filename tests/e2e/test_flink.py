@@ -31,6 +31,7 @@ from runners.pipeline_process import PipelineProcess
 from runtime import metrics
 from runtime.flink import (
     ACTIVE_STATES,
+    BUNDLE_PRESETS,
     batch_service_args,
     cancel_job,
     flink_jobs,
@@ -261,6 +262,26 @@ def test_records_keyed_by_entity_are_decoded_in_the_keyed_stage(svc, tmp_path):
     assert reasons[2].startswith("record key ") and "is not the event's userId 'ghost'" in (
         reasons[2]), reasons
     assert redis_features(redis_client(svc, 4)) == reference.user_features(run.events)
+
+
+def test_the_catch_up_preset_sends_a_bundles_speculative_values_once(svc, tmp_path):
+    """``--bundle_preset=catch_up`` (5-s bundles, speculative updates per bundle): the
+    store gets what the reference says, and the feature log holds fewer speculative
+    updates than there are events (every_element logs one or more per event)."""
+    spec = StreamSpec(events=1_200, users=25, rate_per_s=150, disorder_ms=3_000,
+                      late_fraction=0.0, seed=11)
+    preset = BUNDLE_PRESETS["catch_up"]
+    run = start_on_flink(svc, "user", spec, "user-catch-up", 6, tmp_path, extra=(
+        "--bundle_preset=catch_up", f"--max_bundle_time_mills={preset['max_bundle_time_ms']}",
+        f"--max_bundle_size={preset['max_bundle_size']}"))
+    summary = run.complete(svc)
+    print(f"user on Flink, catch_up preset: {summary}")
+    assert summary["late_events"] == []
+    assert redis_features(redis_client(svc, 6)) == reference.user_features(run.events)
+    log = [json.loads(line) for line in (tmp_path / "user-catch-up.jsonl").read_text(
+        ).splitlines()]
+    speculative = sum(not u["final"] for u in log)
+    assert 0 < speculative < spec.events, (speculative, len(log))
 
 
 def test_the_training_set_on_flink_batch_is_what_the_stream_served(svc, tmp_path):

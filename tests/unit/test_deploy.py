@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from runners.flink_cluster import ROCKSDB_METRICS
+from runners.flink_cluster import NETTY_DIRECT_MEMORY, ROCKSDB_METRICS
 from runners.services import FLINK_TM_SLOTS
 from runtime.endpoints import POOL_HOST_NAME, ServicePorts
 from runtime.metrics import PROMETHEUS_REPORTER
@@ -45,6 +45,7 @@ def test_slots_and_the_metrics_match_the_local_cluster() -> None:
     assert conf["metrics.reporter.prom.factory.class"] == PROMETHEUS_REPORTER
     assert int(conf["metrics.reporter.prom.port"]) == ServicePorts().prometheus
     assert {k: conf.get(k) for k in ROCKSDB_METRICS} == ROCKSDB_METRICS
+    assert {k: conf.get(k) for k in NETTY_DIRECT_MEMORY} == NETTY_DIRECT_MEMORY
 
 
 def test_the_grafana_dashboard_queries_flink_series_per_job() -> None:

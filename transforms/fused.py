@@ -216,19 +216,22 @@ class _FusedFn(beam.DoFn):
         if self._per_bundle:
             self._held = {}
 
-    def finish_bundle(self) -> Iterator[WindowedValue]:
+    def finish_bundle(self) -> list[WindowedValue] | None:
         """Sets and clears, per key, only the difference between the times set on the
         runner when the bundle first saw the key and the times its parts wait for now:
         a key's events that move its timers (a session's close, at every event) cost
-        one runner timer per time per bundle, not one per event."""
+        one runner timer per time per bundle, not one per event. Returns the
+        speculative updates held for the bundle's end (``per_bundle``), if any."""
         touched, self._touched = self._touched or {}, None
         for fire, on_runner, cell in touched.values():
             self._sync_timers(fire, on_runner, self._armed(cell))
+        # Not a generator: the timers above are synced whether or not the caller
+        # iterates what the bundle's end emits.
         held, self._held = self._held, None
-        if held:
-            window = (GlobalWindow(),)
-            for update, timestamp in held.values():
-                yield WindowedValue(update, timestamp, window)
+        if not held:
+            return None
+        window = (GlobalWindow(),)
+        return [WindowedValue(update, timestamp, window) for update, timestamp in held.values()]
 
     def _hold(self, update: FeatureUpdate, timestamp: Timestamp) -> bool:
         """Per bundle: keeps a speculative update back for the bundle's end if the

@@ -46,7 +46,7 @@ from typing import Any
 
 from benchmarks.flink_job import DecodedSampler, JobSampler, flink_services
 from pipelines.generate import StreamSpec, generate
-from pipelines.options import SPECULATIVE_BY_PRESET
+from pipelines.options import PRESET_ENGINE_SETTINGS
 from pipelines.produce import SCHEMA_FILES, EventProducer
 from runners.pipeline_process import PipelineProcess
 from runtime.flink import BUNDLE_PRESETS, service_args
@@ -103,16 +103,19 @@ def _catch_up(svc: Any, pipeline: str, variant: str, topic: str, events: int,
               params: tuple[str, str, int, str, int] | None = None,
               job: tuple[str, str, tuple[str, ...]] | None = None,
               bundle: tuple[int, int] | None = None,
-              speculative: str | None = None) -> dict[str, Any]:
+              speculative: str | None = None, timer_grid: int | None = None
+              ) -> dict[str, Any]:
     """Runs one variant (``params`` if given, else ``VARIANTS[variant]``) on a filled
     topic; ``job`` = (module, step sampled, its flags) runs another job module;
     ``bundle`` = (ms, elements) overrides the bundle preset's limits, ``speculative``
-    the speculative-update policy it implies."""
+    the speculative-update policy it implies and ``timer_grid`` its timer grid (ms)."""
     engine, bundles, cache_mb, sizer, users = params or VARIANTS[variant]
     limits = () if bundle is None else (f"--max_bundle_time_mills={bundle[0]}",
                                         f"--max_bundle_size={bundle[1]}")
     if speculative is not None:
         limits += (f"--speculative_updates={speculative}",)
+    if timer_grid is not None:
+        limits += (f"--timer_grid_ms={timer_grid}",)
     flags = [*service_args(svc, parallelism, CHECKPOINT_INTERVAL_MS, bundles), *limits,
              f"--topic={topic}",
              f"--max_cache_memory_usage_mb={cache_mb}", f"--state_cache_sizer={sizer}",
@@ -170,7 +173,9 @@ def _catch_up(svc: Any, pipeline: str, variant: str, topic: str, events: int,
     return {"pipeline": pipeline, "variant": variant, "engine": engine, "bundles": bundles,
             "bundle_limits": list(bundle or (preset["max_bundle_time_ms"],
                                              preset["max_bundle_size"])),
-            "speculative_updates": speculative or SPECULATIVE_BY_PRESET[bundles],
+            "speculative_updates": speculative or PRESET_ENGINE_SETTINGS[bundles]["speculative"],
+            "timer_grid_ms": PRESET_ENGINE_SETTINGS[bundles]["timer_grid_ms"]
+            if timer_grid is None else timer_grid,
             "users": users, "events": events,
             "events_per_s": None if rate is None else round(rate),
             "seconds_measured": round(t1 - t0, 1) if rate else None,

@@ -529,7 +529,8 @@ def _engine(data: dict[str, Any]) -> list[str]:
 
 
 def _bundles(data: dict[str, Any]) -> list[str]:
-    out = ["| pipeline | bundles (time / elements); speculative updates | events/s (slope) "
+    out = ["| pipeline | bundles (time / elements); speculative updates; runner timers "
+           "| events/s (slope) "
            "| mean | x first | events / s measured |", "|---|---|---:|---:|---:|---|"]
     for r in data["runs"]:
         s = data["summary"][r["pipeline"]][r["variant"]]

@@ -102,6 +102,13 @@ def add_feature_arguments(group: Any, engine: bool = True) -> None:
                                 "written once per entity and bundle; the feature log and the "
                                 "speculative counters see fewer). Default: per_bundle with the "
                                 "catch_up bundle preset, every_element otherwise")
+        group.add_argument("--timer_grid_ms", type=int, default=None,
+                           help="the fused stage sets its runner timers on this grid of event "
+                                "time: one timer per key and grid step fires every time its "
+                                "features wait for in the step, in order (values are the same; "
+                                "finals and expiries are visible up to this much later). 0: a "
+                                "runner timer per time. Default: 10000 with the catch_up bundle "
+                                "preset, 0 otherwise")
 
 
 def engine_settings(options: PipelineOptions, step_names: dict[str, str] | None = None
@@ -114,26 +121,43 @@ def engine_settings(options: PipelineOptions, step_names: dict[str, str] | None 
         allowed_lateness_ms=options.allowed_lateness_ms, tile_ms=options.tile_ms,
         state_ttl_s=options.state_ttl_s, early_firings=not options.no_early_firings,
         speculative=speculative_updates(options),
+        timer_grid_ms=timer_grid_ms(options),
         step_names=dict(step_names or {}))
 
 
-# What a bundle preset (``runtime.flink.BUNDLE_PRESETS``) implies for speculative
-# updates: a backlog's bundles hold hundreds of events per entity, whose speculative
-# values nobody can read before the bundle's end.
-SPECULATIVE_BY_PRESET = {"low_latency": "every_element", "catch_up": "per_bundle"}
+# What each bundle preset (``runtime.flink.BUNDLE_PRESETS``) implies for the fused
+# stage. In a backlog's bundle an entity has hundreds of events whose speculative
+# values nobody can read before the bundle's end, and the watermark moves seconds
+# of event time at a step: a key's times within one grid step may fire together,
+# at no cost to any value, only to how soon finals show.
+PRESET_ENGINE_SETTINGS: dict[str, dict[str, Any]] = {
+    "low_latency": {"speculative": "every_element", "timer_grid_ms": 0},
+    "catch_up": {"speculative": "per_bundle", "timer_grid_ms": 10_000},
+}
 
 
-def speculative_updates(options: PipelineOptions | Any) -> str:
-    """``--speculative_updates`` if given, else what the job's ``--bundle_preset``
-    implies; ``every_element`` for options that have neither (a training set)."""
-    given = getattr(options, "speculative_updates", None)
-    if given:
-        return str(given)
+def _implied(options: PipelineOptions | Any, flag: str, setting: str, default: Any) -> Any:
+    """The flag if given, else what the job's ``--bundle_preset`` implies for the
+    setting; ``default`` for options that have neither (a training set)."""
+    given = getattr(options, flag, None)
+    if given is not None:
+        return given
     if isinstance(options, PipelineOptions):
         from runtime.flink import LaunchOptions
 
-        return SPECULATIVE_BY_PRESET[options.view_as(LaunchOptions).bundle_preset]
-    return "every_element"
+        return PRESET_ENGINE_SETTINGS[options.view_as(LaunchOptions).bundle_preset][setting]
+    return default
+
+
+def speculative_updates(options: PipelineOptions | Any) -> str:
+    """How often speculative updates leave the fused stage (``every_element`` for a
+    training set)."""
+    return str(_implied(options, "speculative_updates", "speculative", "every_element"))
+
+
+def timer_grid_ms(options: PipelineOptions | Any) -> int:
+    """The fused stage's timer grid (0 for a training set: finals when they are due)."""
+    return int(_implied(options, "timer_grid_ms", "timer_grid_ms", 0))
 
 
 def bootstrap_servers(options: PipelineOptions) -> str:

@@ -40,7 +40,7 @@ from apache_beam.transforms.userstate import TimerSpec, get_dofn_specs
 from transforms.counters import LifetimeCounts
 from transforms.declarations import DeclarationError, Feature
 from transforms.decode import DEAD, KeyedRecords
-from transforms.fused import SPECULATIVE, FusedFeatures
+from transforms.fused import FusedFeatures
 from transforms.keys import KeyByEntity
 from transforms.late import LATE
 from transforms.lifetime import LifetimeAggregate
@@ -64,6 +64,8 @@ class EngineSettings:
         early_firings: False turns every feature's speculative values off.
         speculative: how often speculative updates leave the fused stage
             (``transforms.fused.SPECULATIVE``); the stages engine emits each one.
+        timer_grid_ms: the fused stage's runner timers on this grid of event time
+            (``transforms.fused.FusedFeatures``); 0: one per time a feature waits for.
         step_names: renames of the default step names (stable names for
             savepoints taken by an earlier version of a pipeline).
     """
@@ -75,6 +77,7 @@ class EngineSettings:
     state_ttl_s: float | None = None
     early_firings: bool = True
     speculative: str = "every_element"
+    timer_grid_ms: int = 0
     step_names: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
@@ -157,9 +160,6 @@ class FeatureEngine:
                  pipeline: str) -> None:
         if settings.engine not in ENGINES:
             raise ValueError(f"engine {settings.engine!r} is not one of {', '.join(ENGINES)}")
-        if settings.speculative not in SPECULATIVE:
-            raise ValueError(f"speculative {settings.speculative!r} is not one of "
-                             f"{', '.join(SPECULATIVE)}")
         if settings.engine == "stages" and settings.speculative != "every_element":
             raise ValueError("the stages engine emits every speculative update: "
                              f"speculative {settings.speculative!r} needs engine 'fused'")
@@ -295,7 +295,8 @@ class FeatureEngine:
         features): what ``expand`` runs with ``engine="fused"``, for callers that
         drive it outside a pipeline (the benchmarks' plain Python consumer)."""
         return {entity: FusedFeatures([(g.label, g.transform.fn, g.where)
-                                       for g in groups]).fn
+                                       for g in groups],
+                                      timer_grid_ms=self._settings.timer_grid_ms).fn
                 for entity, groups in self._by_entity.items()}
 
     def expand(self, events: beam.PCollection | KeyedRecords
@@ -318,7 +319,8 @@ class FeatureEngine:
                     label += camel(entity)
                 out = keyed | self._name(label) >> FusedFeatures(
                     [(g.label, g.transform.fn, g.where) for g in groups],
-                    speculative=self._settings.speculative)
+                    speculative=self._settings.speculative,
+                    timer_grid_ms=self._settings.timer_grid_ms)
                 updates.append(out["updates"])
                 late.append(out[LATE])
                 continue
@@ -347,6 +349,7 @@ class FeatureEngine:
         groups = self._by_entity[entity]
         out = records.records | self._name(f"{camel(self._pipeline)}Features") >> (
             FusedFeatures([(g.label, g.transform.fn, g.where) for g in groups],
-                          records.decoder, self._settings.speculative))
+                          records.decoder, self._settings.speculative,
+                          self._settings.timer_grid_ms))
         records.dead.append(out[DEAD])
         return [out["updates"]], [out[LATE]]

@@ -15,7 +15,8 @@ bundle's end, the times set on the runner when the bundle first saw the key
 with the times its parts wait for then, and sets or clears only the
 difference. A session moves its close at every event: set at once, that is
 4 runner calls per event, each a write to Flink's timer state. Outside a
-bundle (``transforms.replay``) the timers are set at once.
+bundle (``transforms.replay``) the timers are set at once. On a timer grid
+the runner holds one time per key and grid step for all the times in it.
 
 Given a ``RecordDecoder``, the stage takes a topic's raw records keyed by
 entity and decodes them itself (``KeyedRecords``): one Python step per event
@@ -53,7 +54,7 @@ from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms.decode import DEAD, RecordDecoder
-from transforms.late import LATE
+from transforms.late import LATE, MAX_TIMER_MS
 from transforms.model import DeadLetter, FeatureUpdate
 from transforms.state_layout import StateLayout
 
@@ -65,6 +66,7 @@ _SEEN = "_s"
 _SEQ = "_n"
 _BOOKKEEPING = frozenset((_TIMERS, _SEEN, _SEQ, "_v"))
 _NEW_UPDATE = tuple.__new__
+_MAX_TIMER_MICROS = MAX_TIMER_MS * 1000
 
 Part = tuple[str, DoFn, Callable[[dict[str, Any]], bool] | None]
 
@@ -194,7 +196,7 @@ class _FusedFn(beam.DoFn):
     FIRE = TimerSpec("features_fire", beam.TimeDomain.WATERMARK)
 
     def __init__(self, parts: Sequence[Part], decoder: RecordDecoder | None = None,
-                 speculative: str = "every_element") -> None:
+                 speculative: str = "every_element", timer_grid_ms: int = 0) -> None:
         labels = [label for label, _, _ in parts]
         if len(set(labels)) != len(labels) or any("/" in label for label in labels):
             raise ValueError(f"part labels must be distinct and have no '/': {labels}")
@@ -210,6 +212,9 @@ class _FusedFn(beam.DoFn):
         # Per (entity, feature), the speculative update held for the bundle's end and
         # its element timestamp; None outside a bundle (updates then leave at once).
         self._held: dict[tuple[str, str], tuple[FeatureUpdate, Timestamp]] | None = None
+        if timer_grid_ms < 0:
+            raise ValueError(f"timer_grid_ms must be >= 0: {timer_grid_ms}")
+        self._grid = timer_grid_ms * 1000  # micros; 0: each time a runner timer
 
     def start_bundle(self) -> None:
         self._touched = {}
@@ -233,14 +238,13 @@ class _FusedFn(beam.DoFn):
         window = (GlobalWindow(),)
         return [WindowedValue(update, timestamp, window) for update, timestamp in held.values()]
 
-    def _hold(self, update: FeatureUpdate, timestamp: Timestamp) -> bool:
+    @staticmethod
+    def _hold(held: dict[tuple[str, str], tuple[FeatureUpdate, Timestamp]],
+              update: FeatureUpdate, timestamp: Timestamp) -> bool:
         """Per bundle: keeps a speculative update back for the bundle's end if the
         sink would keep it over the one held for its feature (True: not emitted
         now). A final update always leaves at once, and drops the speculative
         one held for its feature when the sink would keep the final instead."""
-        held = self._held
-        if held is None:
-            return False
         key = (update.entity_id, update.feature)
         pending = held.get(key)
         if update.final:
@@ -265,10 +269,15 @@ class _FusedFn(beam.DoFn):
             entry[1].discard(fired)  # the runner has consumed the time that fired
         return True
 
-    @staticmethod
-    def _armed(cell: dict[str, Any]) -> set[int]:
-        """The times the parts wait for: exactly these are set on the runner."""
-        return {m for times in cell.get(_TIMERS, {}).values() for m in times}
+    def _armed(self, cell: dict[str, Any]) -> set[int]:
+        """The runner times the parts' times need: each time, or with a grid, the
+        grid point at or after it (one runner timer for all of a key's times in
+        a grid step)."""
+        grid = self._grid
+        if not grid:
+            return {m for times in cell.get(_TIMERS, {}).values() for m in times}
+        return {min(-(-m // grid) * grid, _MAX_TIMER_MICROS)
+                for times in cell.get(_TIMERS, {}).values() for m in times}
 
     @staticmethod
     def _sync_timers(fire: Any, before: set[int], after: set[int]) -> None:
@@ -285,12 +294,13 @@ class _FusedFn(beam.DoFn):
         """The updates of ``outputs`` with ``visible_ms`` and the key's next seqs, less
         those held for the bundle's end."""
         seq = cell.get(_SEQ, 0)
+        held = self._held
         for out in outputs:
             if type(out) is FeatureUpdate:
                 # A NamedTuple's _replace costs a few microseconds; this a fraction.
                 out = _NEW_UPDATE(FeatureUpdate, (*out[:6], visible_ms, seq))
                 seq += 1
-                if self._held is not None and self._hold(out, timestamp):
+                if held is not None and self._hold(held, out, timestamp):
                     continue
             yield out
         cell[_SEQ] = seq
@@ -323,6 +333,25 @@ class _FusedFn(beam.DoFn):
             self._sync_timers(fire, before, self._armed(cell))
         cell_state.write(cell)
 
+    def _due(self, timers: dict[str, list[int]], micros: int, done: set[tuple[str, int]]
+             ) -> tuple[int, _Part, str, tuple[Callable[..., Any], list[_Param]]] | None:
+        """The earliest part time a runner firing at ``micros`` is for and has not
+        called back yet (ties in the parts' order): exactly ``micros``, or with a
+        grid any time up to it."""
+        best = None
+        for part in self._parts:
+            for name, callback in part.callbacks.items():
+                times = timers.get(name)
+                if not times:
+                    continue
+                if self._grid:
+                    at = min((m for m in times if (name, m) not in done), default=None)
+                    if at is not None and at <= micros and (best is None or at < best[0]):
+                        best = (at, part, name, callback)
+                elif micros in times and (name, micros) not in done:
+                    return micros, part, name, callback
+        return best
+
     @on_timer(FIRE)
     def _fire(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
               cell_state=beam.DoFn.StateParam(CELL),
@@ -338,17 +367,19 @@ class _FusedFn(beam.DoFn):
         timers = cell.get(_TIMERS, {})
         deferred = self._defer(key, fire, cell, fired=micros)
         before = None if deferred else self._armed(cell) - {micros}
-        for part in self._parts:
-            for name, (callback, params) in part.callbacks.items():
-                times = timers.get(name)
-                if not times or micros not in times:
-                    continue  # not this part's time (or a stale time of an older cell)
-                times.remove(micros)
-                if not times:
-                    del timers[name]
-                kwargs = part.kwargs(params, cell, key, fired)
-                yield from self._stamped(callback(part.fn, **kwargs) or (), cell,
-                                         micros // 1000, fired)
+        visible_ms = micros // 1000
+        done: set[tuple[str, int]] = set()  # a time a callback sets anew fires again later
+        while (due := self._due(timers, micros, done)) is not None:
+            at, part, name, (callback, params) = due
+            done.add((name, at))
+            times = timers[name]
+            times.remove(at)
+            if not times:
+                del timers[name]
+            at_ts = fired if at == micros else Timestamp(micros=at)
+            kwargs = part.kwargs(params, cell, key, at_ts)
+            yield from self._stamped(callback(part.fn, **kwargs) or (), cell, visible_ms,
+                                     fired)
         if before is not None:
             self._sync_timers(fire, before, self._armed(cell))
         if any(k not in _BOOKKEEPING for k in cell) or cell.get(_TIMERS):
@@ -376,14 +407,22 @@ class FusedFeatures(beam.PTransform):
             store is written once per entity and bundle either way: it gets the same
             values; the feature log and the speculative-update counters see fewer).
             Final updates always leave at once.
+        timer_grid_ms: 0: a runner timer per time the parts wait for. Else the
+            runner timers sit on this grid of event time: per key, one timer per
+            grid step fires every part time in the step, in order, each with its
+            own time, as a runner whose watermark moves only to grid points would
+            (values, late events and finals are those; finals and expiries show up
+            to a step later, stamped ``visible_ms`` with the grid time). In a
+            backlog the watermark moves seconds at a step and a key's times in
+            one step fire in one runner call instead of one each.
     """
 
     def __init__(self, parts: Sequence[Part], decoder: RecordDecoder | None = None,
-                 speculative: str = "every_element") -> None:
+                 speculative: str = "every_element", timer_grid_ms: int = 0) -> None:
         super().__init__()
         self._decoder = decoder
         self._speculative = speculative
-        self._fn = _FusedFn(parts, decoder, speculative)
+        self._fn = _FusedFn(parts, decoder, speculative, timer_grid_ms)
 
     @property
     def fn(self) -> DoFn:

@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.generate import StreamSpec, generate, live_spec, write_jsonl
+from pipelines.options import PRESET_ENGINE_SETTINGS
 from pipelines.produce import SCHEMA_FILES, EventProducer, registry_schema_id, send_all
 from runners import services as rs
 from runners.pipeline_process import PipelineProcess
@@ -107,9 +108,12 @@ def start_on_flink(svc: rs.LocalServices, pipeline: str, spec: StreamSpec, topic
     # Event times start a little ahead, when the job is expected to be running.
     events = generate(pipeline, dataclasses.replace(live_spec(spec),
                                                     start_ms=int(time.time() * 1000) + 30_000))
-    # Stop once event time has passed the last event by the sliding window and
-    # the out-of-orderness: every value is then final (amount_sum_60s back to 0).
-    settle_ms = max(e["eventTimestamp"] for e in events) + 75_000
+    # Stop once event time has passed the last event by the sliding window, the
+    # out-of-orderness and a preset's timer grid: every value is then final
+    # (amount_sum_60s back to 0).
+    grid_ms = max((PRESET_ENGINE_SETTINGS[a.split("=", 1)[1]]["timer_grid_ms"]
+                   for a in extra if a.startswith("--bundle_preset=")), default=0)
+    settle_ms = max(e["eventTimestamp"] for e in events) + 75_000 + grid_ms
     process = PipelineProcess(svc.ports.flink_rest, pipeline, [
         *service_args(svc, parallelism), f"--topic={topic}", f"--max_records={spec.events}",
         "--run_timeout_s=600", f"--redis_url=redis://127.0.0.1:{svc.ports.redis}/{redis_db}",
@@ -264,21 +268,28 @@ def test_records_keyed_by_entity_are_decoded_in_the_keyed_stage(svc, tmp_path):
     assert redis_features(redis_client(svc, 4)) == reference.user_features(run.events)
 
 
-def test_the_catch_up_preset_sends_a_bundles_speculative_values_once(svc, tmp_path):
-    """``--bundle_preset=catch_up`` (5-s bundles, speculative updates per bundle): the
-    store gets what the reference says, and the feature log holds fewer speculative
-    updates than there are events (every_element logs one or more per event)."""
+@pytest.mark.parametrize(("pipeline", "db"), [("user", 6), ("ride", 7)])
+def test_the_catch_up_preset_sends_a_bundles_speculative_values_once(svc, tmp_path, pipeline,
+                                                                     db):
+    """``--bundle_preset=catch_up`` (5-s bundles, speculative updates per bundle, a
+    10-s timer grid): the store gets what the reference says once the watermark is
+    past the last event (the ride's 60-s sums back at 0 after their last expiry),
+    and the feature log holds fewer speculative updates than there are events
+    (every_element logs one or more per event)."""
     spec = StreamSpec(events=1_200, users=25, rate_per_s=150, disorder_ms=3_000,
                       late_fraction=0.0, seed=11)
     preset = BUNDLE_PRESETS["catch_up"]
-    run = start_on_flink(svc, "user", spec, "user-catch-up", 6, tmp_path, extra=(
+    topic = f"{pipeline}-catch-up"
+    run = start_on_flink(svc, pipeline, spec, topic, db, tmp_path, extra=(
         "--bundle_preset=catch_up", f"--max_bundle_time_mills={preset['max_bundle_time_ms']}",
         f"--max_bundle_size={preset['max_bundle_size']}"))
     summary = run.complete(svc)
-    print(f"user on Flink, catch_up preset: {summary}")
+    print(f"{pipeline} on Flink, catch_up preset: {summary}")
     assert summary["late_events"] == []
-    assert redis_features(redis_client(svc, 6)) == reference.user_features(run.events)
-    log = [json.loads(line) for line in (tmp_path / "user-catch-up.jsonl").read_text(
+    want = (reference.user_features(run.events) if pipeline == "user" else
+            reference.ride_features(run.events, watermark_ms=run.settle_ms))
+    assert redis_features(redis_client(svc, db)) == want
+    log = [json.loads(line) for line in (tmp_path / f"{topic}.jsonl").read_text(
         ).splitlines()]
     speculative = sum(not u["final"] for u in log)
     assert 0 < speculative < spec.events, (speculative, len(log))

@@ -222,3 +222,22 @@ def test_speculative_updates_take_a_known_policy():
     fn = PARTS["Sliding"][0]().fn
     with pytest.raises(ValueError, match="every_element, per_bundle: 'sometimes'"):
         FusedFeatures([("s", fn, None)], speculative="sometimes")
+
+
+def test_a_timer_grid_gives_what_a_watermark_moving_on_the_grid_gives():
+    """On a timer grid the stage fires, per key, one runner timer per grid step,
+    which calls back every time its parts wait for in the step, in order: the
+    updates and late events are those of a runner whose watermark moves only
+    to grid points (each advance rounded down to the grid)."""
+    grid = MIN
+
+    def run(timer_grid_ms: int, steps: tuple[Any, ...]) -> tuple[list[Any], list[Any]]:
+        parts = [(label, make().fn, where) for label, (make, where) in PARTS.items()]
+        return normalized(run_stream(FusedFeatures(parts, timer_grid_ms=timer_grid_ms),
+                                     stream_of(*steps)))
+
+    on_grid = tuple(s - s % grid if isinstance(s, int) else s for s in STREAM)
+    assert on_grid != STREAM
+    want = run(0, on_grid)
+    assert want != run(0, STREAM), "the stream must tell the two watermarks apart"
+    assert run(grid, STREAM) == want

@@ -162,9 +162,10 @@ def evaluate(f: Feature, events: list[dict[str, Any]]) -> dict[int, Any]:
 
 def run_engine(features: list[Feature], events: list[dict[str, Any]], engine: str
                ) -> list[Any]:
-    """``engine``: ``fused`` or ``stages``, or ``fused/<speculative policy>``."""
-    engine, _, speculative = engine.partition("/")
-    settings = EngineSettings(engine=engine, speculative=speculative or "every_element")
+    """``engine``: ``fused`` or ``stages``, or ``fused/<speculative policy>[/<timer grid ms>]``."""
+    engine, speculative, grid = (*engine.split("/"), "", "")[:3]
+    settings = EngineSettings(engine=engine, speculative=speculative or "every_element",
+                              timer_grid_ms=int(grid or 0))
     results: dict[str, list[Any]] = {"updates": []}
     with TestPipeline(options=batch_options()) as p:
         timestamped = p | beam.Create(events) | beam.Map(_timestamped)
@@ -175,7 +176,7 @@ def run_engine(features: list[Feature], events: list[dict[str, Any]], engine: st
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(catalogue(), st.lists(ride, min_size=1, max_size=30),
-       st.sampled_from(["fused", "stages", "fused/per_bundle"]))
+       st.sampled_from(["fused", "stages", "fused/per_bundle", "fused/per_bundle/7000"]))
 def test_compiled_declarations_match_a_plain_evaluation(features, events, engine):
     updates = run_engine(features, events, engine)
     got: dict[tuple[str, str], dict[int, Any]] = {}

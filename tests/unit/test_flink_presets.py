@@ -72,3 +72,19 @@ def test_the_bundle_preset_implies_how_often_speculative_updates_leave(argv, wan
 
     options = PipelineOptions(with_flink_defaults(["--runner=FlinkRunner", *argv]))
     assert engine_settings(options.view_as(FeatureOptions)).speculative == want
+
+
+@pytest.mark.parametrize(("argv", "want"), [
+    ((), 0),
+    (("--bundle_preset=low_latency",), 0),
+    (("--bundle_preset=catch_up",), 10_000),
+    (("--bundle_preset=catch_up", "--timer_grid_ms=0"), 0),
+    (("--timer_grid_ms=2000",), 2_000),
+])
+def test_the_bundle_preset_implies_the_timer_grid(argv, want):
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipelines.options import FeatureOptions, engine_settings
+
+    options = PipelineOptions(with_flink_defaults(["--runner=FlinkRunner", *argv]))
+    assert engine_settings(options.view_as(FeatureOptions)).timer_grid_ms == want

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from apache_beam.utils.timestamp import Timestamp
 
 from tests.helpers import Cell
 from transforms.fused import _FusedFn
 from transforms.lifetime import LifetimeAggregate
 from transforms.sessions import SessionFeatures
+from transforms.sliding import SlidingSum
 
 GAP, LATENESS = 60_000, 30_000
 
@@ -135,3 +137,40 @@ def test_a_key_whose_cell_ends_within_a_bundle_leaves_no_runner_timer() -> None:
     _fire(fn, cell, timer, 3_001)
     fn.finish_bundle()
     assert timer.armed == set()
+
+
+def test_on_a_timer_grid_one_runner_timer_per_step_fires_each_time_in_order() -> None:
+    part = SlidingSum("s", "eventValue", window_ms=60_000, tile_ms=1_000)
+    fn = _FusedFn([("s", part.fn, None)], timer_grid_ms=10_000)
+    cell, timer = Cell(), _RunnerTimer()
+    for ts in (1_000, 2_500, 7_000):
+        _run(fn, cell, timer, ts)
+    # The sliding sum waits for its tile ends (2,000; 3,000; 8,000) and for those
+    # tiles' expiry a window later: one runner timer per grid step holds them all.
+    assert timer.armed == _ms(10_000, 70_000)
+    finals = _fire(fn, cell, timer, 10_000)
+    # Each time of the step is called back in order, as if the watermark had
+    # stopped at each: the sum final at each tile end, visible at the grid time.
+    assert [(u.as_of_ms, u.value, u.final, u.visible_ms) for u in finals] == [
+        (1_999, 1.0, True, 10_000), (2_999, 2.0, True, 10_000), (7_999, 3.0, True, 10_000)]
+    assert timer.armed == _ms(70_000)
+    expired = _fire(fn, cell, timer, 70_000)
+    assert [(u.as_of_ms, u.value) for u in expired] == [
+        (61_999, 2.0), (62_999, 1.0), (67_999, 0.0)]
+    assert timer.armed == set()
+
+
+def test_a_timer_grid_keeps_a_time_past_the_last_grid_point_at_the_end_of_time() -> None:
+    from transforms.late import MAX_TIMER_MS
+
+    part = LifetimeAggregate("a", "eventValue", "sum")
+    fn = _FusedFn([("a", part.fn, None)], timer_grid_ms=7_000)
+    cell, timer = Cell(), _RunnerTimer()
+    _run(fn, cell, timer, MAX_TIMER_MS - 1_000)
+    assert timer.armed == {MAX_TIMER_MS * 1000}
+
+
+def test_a_timer_grid_is_not_negative() -> None:
+    part = LifetimeAggregate("a", "eventValue", "sum")
+    with pytest.raises(ValueError, match="timer_grid_ms must be >= 0: -1"):
+        _FusedFn([("a", part.fn, None)], timer_grid_ms=-1)

@@ -70,7 +70,7 @@ SECTIONS = (
             "benchmarks.hot_keys", quick=False),
     Section("routes", "6c", "Routes: each window kind as a stateful stage and as Beam windowing",
             "benchmarks.routes", quick=False),
-    Section("bundles", "6d", "Bundles: catch-up bundle size and speculative updates for the "
+    Section("bundles", "6d", "Bundles: catch-up speculative updates and timers for the "
             "fused stage",
             "benchmarks.bundles", quick=False),
     Section("peers", "7", "Peers: the user features as a Flink SQL job and a plain Python consumer",

@@ -70,6 +70,16 @@ NETTY_DIRECT_MEMORY = {
         "-Dorg.apache.beam.vendor.grpc.v1p60p1.io.netty.allocator.numDirectArenas=1",
 }
 
+# Every Beam job loads Beam's classes into a class loader of its own, and threads
+# the job's vendored gRPC starts (grpc-timer, grpc-shared-destroyer,
+# grpc-default-executor) outlive the job and keep that loader, its classes and
+# what they reference: metaspace and heap grow with every job a TaskManager ran
+# (apache/beam#25510), until the TaskManager fails with "OutOfMemoryError:
+# Metaspace" and restarts. Room for a session's worth of jobs; a long-lived
+# cluster restarts its TaskManagers before Metaspace.Used reaches Metaspace.Max
+# (deploy/grafana-dashboard.json plots both).
+JVM_METASPACE = {"taskmanager.memory.jvm-metaspace.size": "768m"}
+
 # RocksDB's native memory as metrics: memtables and blocks (both charged to the slot's
 # managed-memory cache), one series per state with the state's name as a label.
 ROCKSDB_METRICS = {
@@ -116,8 +126,7 @@ def _flink_config(ports: ServicePorts, state_dir: Path,
         "restart-strategy.exponential-delay.initial-backoff": "1 s",
         "restart-strategy.exponential-delay.max-backoff": "30 s",
         "restart-strategy.exponential-delay.reset-backoff-threshold": "5 min",
-        # Every Beam job loads its own classes: many jobs per session need room.
-        "taskmanager.memory.jvm-metaspace.size": "768m",
+        **JVM_METASPACE,
         "env.java.opts.all": java_opts,
         **NETTY_DIRECT_MEMORY,
         # Metrics for Prometheus (the reporter ships in Flink's plugins/ directory); each

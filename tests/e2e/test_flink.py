@@ -268,7 +268,7 @@ def test_records_keyed_by_entity_are_decoded_in_the_keyed_stage(svc, tmp_path):
     assert redis_features(redis_client(svc, 4)) == reference.user_features(run.events)
 
 
-@pytest.mark.parametrize(("pipeline", "db"), [("user", 6), ("ride", 7)])
+@pytest.mark.parametrize(("pipeline", "db"), [("user", 6), ("ride", 8)])
 def test_the_catch_up_preset_sends_a_bundles_speculative_values_once(svc, tmp_path, pipeline,
                                                                      db):
     """``--bundle_preset=catch_up`` (5-s bundles, speculative updates per bundle, a

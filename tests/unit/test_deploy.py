@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from runners.flink_cluster import NETTY_DIRECT_MEMORY, ROCKSDB_METRICS
+from runners.flink_cluster import JVM_METASPACE, NETTY_DIRECT_MEMORY, ROCKSDB_METRICS
 from runners.services import FLINK_TM_SLOTS
 from runtime.endpoints import POOL_HOST_NAME, ServicePorts
 from runtime.metrics import PROMETHEUS_REPORTER
@@ -46,10 +46,16 @@ def test_slots_and_the_metrics_match_the_local_cluster() -> None:
     assert int(conf["metrics.reporter.prom.port"]) == ServicePorts().prometheus
     assert {k: conf.get(k) for k in ROCKSDB_METRICS} == ROCKSDB_METRICS
     assert {k: conf.get(k) for k in NETTY_DIRECT_MEMORY} == NETTY_DIRECT_MEMORY
+    assert {k: conf.get(k) for k in JVM_METASPACE} == JVM_METASPACE
 
 
-def test_the_grafana_dashboard_queries_flink_series_per_job() -> None:
+def test_the_grafana_dashboard_queries_flink_series_per_job_or_taskmanager() -> None:
     dashboard = json.loads((DEPLOY / "grafana-dashboard.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
-    assert exprs and all("flink_" in e and "$job" in e for e in exprs)
+    jvm = [e for e in exprs if e.startswith("flink_taskmanager_Status_JVM_")]
+    assert exprs and all("flink_" in e and "$job" in e for e in exprs if e not in jvm)
     assert any("freshness_ms_le_1000" in e for e in exprs)
+    # Each job's classes stay in the TaskManager's metaspace: used beside its max.
+    assert {e.split("{")[0] for e in jvm} >= {
+        "flink_taskmanager_Status_JVM_Memory_Metaspace_Used",
+        "flink_taskmanager_Status_JVM_Memory_Metaspace_Max"}

@@ -44,7 +44,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.flink_job import DecodedSampler, JobSampler, flink_services
+from benchmarks.flink_job import DecodedSampler, JobSampler, flink_services, recycle_taskmanagers
 from pipelines.generate import StreamSpec, generate
 from pipelines.options import PRESET_ENGINE_SETTINGS
 from pipelines.produce import SCHEMA_FILES, EventProducer
@@ -134,6 +134,7 @@ def _catch_up(svc: Any, pipeline: str, variant: str, topic: str, events: int,
     if engine.endswith("-records"):
         flags.append("--records_keyed_by_entity")
     label = "-".join(a.split("=", 1)[1] for a in (job[2] if job else ())) or engine
+    recycle_taskmanagers(svc)
     process = PipelineProcess(svc.ports.flink_rest, pipeline, flags, workdir,
                               f"{topic}-{label}-{bundles}{bundle[0] if bundle else ''}"
                               f"-{cache_mb}-p{parallelism}",

@@ -30,17 +30,22 @@ import redis
 from benchmarks.measure import slope
 from pipelines.produce import SCHEMA_FILES, EventProducer
 from runners.demo import warm_up
+from runners.flink_cluster import flink_overview
 from runners.pipeline_process import PipelineProcess
 from runners.process import proc_stats
-from runners.services import LocalServices, ServicePorts
+from runners.services import FLINK_TASKMANAGERS, LocalServices, ServicePorts
+from runtime import metrics
 from runtime.flink import _rest, checkpoint_config, service_args
 
 # Every job loads Beam's jars into a fresh class loader that the TaskManager does
-# not fully release: section 6 submits 20 jobs to one cluster, and at Flink's
-# default metaspace (256 MB) the TaskManager died of "OutOfMemoryError:
-# Metaspace" at the 15th.
+# not release (runners/flink_cluster.py, JVM_METASPACE): a section submits up to
+# 20 jobs to one cluster. Room for more than the local cluster's 768 MB, and a
+# TaskManager past METASPACE_SHARE of it is restarted between jobs.
 FLINK_CONFIG = {"metrics.fetcher.update-interval": 1000,
                 "taskmanager.memory.jvm-metaspace.size": "1g"}
+METASPACE_SHARE = 0.6
+_METASPACE = ("flink_taskmanager_Status_JVM_Memory_Metaspace_Used",
+              "flink_taskmanager_Status_JVM_Memory_Metaspace_Max")
 CHECKPOINT_INTERVAL_MS = 10_000
 # make run's bundle time: a bundle's writes reach Redis when it finishes.
 BUNDLE_MS = 200
@@ -55,6 +60,44 @@ WARM_UP_EVENT = {
     "ride": {"rideId": "warm-up", "userId": "warm-up", "eventType": "END", "cityId": "ams",
              "amount": 1.0},
 }
+
+
+def taskmanager_metaspace(svc: LocalServices) -> list[tuple[float, float] | None]:
+    """Per TaskManager index, its metaspace (used, max) in bytes from its own Prometheus
+    endpoint; None where it does not answer."""
+    out: list[tuple[float, float] | None] = []
+    for i in range(FLINK_TASKMANAGERS):
+        values = {s.name: s.value
+                  for s in metrics.scrape(metrics.endpoints([svc.ports.prometheus + 1 + i]))
+                  if s.name in _METASPACE}
+        out.append((values[_METASPACE[0]], values[_METASPACE[1]])
+                   if len(values) == len(_METASPACE) else None)
+    return out
+
+
+def recycle_taskmanagers(svc: LocalServices, share: float = METASPACE_SHARE,
+                         timeout_s: float = 180) -> list[int]:
+    """Between jobs: restarts each TaskManager whose metaspace is past ``share`` of its
+    max, and waits until the cluster offers all its slots again. Returns the indexes
+    restarted (none when every TaskManager has room)."""
+    full = [i for i, m in enumerate(taskmanager_metaspace(svc))
+            if m is not None and m[1] > 0 and m[0] > share * m[1]]
+    for i in full:
+        svc.restart(f"flink-taskmanager-{i}")
+    deadline = time.monotonic() + timeout_s
+    while full:
+        ov = flink_overview(svc.ports.flink_rest) or {}
+        if (ov.get("taskmanagers") == FLINK_TASKMANAGERS
+                and ov.get("slots-available") == ov.get("slots-total") == FLINK_TASKMANAGERS
+                and None not in taskmanager_metaspace(svc)):
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"TaskManagers {full} not back after a restart: {ov}")
+        time.sleep(1)
+    if full:
+        print(f"  (restarted TaskManagers {full}: metaspace past {share:.0%} of its max)",
+              flush=True)
+    return full
 
 
 @contextlib.contextmanager
@@ -302,6 +345,7 @@ class FeatureJob:
         Returns the seconds each took: the freshness figures then measure the
         pipeline, not the start of its Python workers.
         """
+        recycle_taskmanagers(self.svc)
         started = time.monotonic()
         self.process = PipelineProcess(self.svc.ports.flink_rest, self.pipeline, self.flags,
                                        self.workdir, self.topic)

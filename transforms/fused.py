@@ -333,24 +333,25 @@ class _FusedFn(beam.DoFn):
             self._sync_timers(fire, before, self._armed(cell))
         cell_state.write(cell)
 
-    def _due(self, timers: dict[str, list[int]], micros: int, done: set[tuple[str, int]]
-             ) -> tuple[int, _Part, str, tuple[Callable[..., Any], list[_Param]]] | None:
-        """The earliest part time a runner firing at ``micros`` is for and has not
-        called back yet (ties in the parts' order): exactly ``micros``, or with a
-        grid any time up to it."""
-        best = None
+    def _due(self, timers: dict[str, list[int]], micros: int
+             ) -> list[tuple[int, int, _Part, str, tuple[Callable[..., Any], list[_Param]]]]:
+        """The part times a runner firing at ``micros`` is for, oldest first (ties in
+        the parts' order): exactly ``micros``, or with a grid every time up to it.
+        A time a callback sets anew within the firing is set on the runner again."""
+        due = []
+        order = 0
         for part in self._parts:
             for name, callback in part.callbacks.items():
                 times = timers.get(name)
-                if not times:
-                    continue
-                if self._grid:
-                    at = min((m for m in times if (name, m) not in done), default=None)
-                    if at is not None and at <= micros and (best is None or at < best[0]):
-                        best = (at, part, name, callback)
-                elif micros in times and (name, micros) not in done:
-                    return micros, part, name, callback
-        return best
+                if times:
+                    if self._grid:
+                        due.extend((m, order, part, name, callback) for m in times
+                                   if m <= micros)
+                    elif micros in times:
+                        due.append((micros, order, part, name, callback))
+                order += 1
+        due.sort(key=lambda d: (d[0], d[1]))
+        return due
 
     @on_timer(FIRE)
     def _fire(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
@@ -368,11 +369,10 @@ class _FusedFn(beam.DoFn):
         deferred = self._defer(key, fire, cell, fired=micros)
         before = None if deferred else self._armed(cell) - {micros}
         visible_ms = micros // 1000
-        done: set[tuple[str, int]] = set()  # a time a callback sets anew fires again later
-        while (due := self._due(timers, micros, done)) is not None:
-            at, part, name, (callback, params) = due
-            done.add((name, at))
-            times = timers[name]
+        for at, _, part, name, (callback, params) in self._due(timers, micros):
+            times = timers.get(name)
+            if not times or at not in times:
+                continue  # cleared by a callback called before it
             times.remove(at)
             if not times:
                 del timers[name]

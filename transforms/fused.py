@@ -201,6 +201,9 @@ class _FusedFn(beam.DoFn):
         if len(set(labels)) != len(labels) or any("/" in label for label in labels):
             raise ValueError(f"part labels must be distinct and have no '/': {labels}")
         self._parts = [_Part(*p) for p in parts]
+        # Every part's timer callbacks, in a fixed order: (part, timer name, callback).
+        self._callbacks = [(part, name, callback) for part in self._parts
+                           for name, callback in part.callbacks.items()]
         # Per key touched in the open bundle: [its timer, the times set on the
         # runner, its cell]; None outside a bundle (timers are then set at once).
         self._touched: dict[str, list[Any]] | None = None
@@ -273,9 +276,7 @@ class _FusedFn(beam.DoFn):
         """The runner times the parts' times need: each time, or with a grid, the
         grid point at or after it (one runner timer for all of a key's times in
         a grid step)."""
-        grid = self._grid
-        if not grid:
-            return {m for times in cell.get(_TIMERS, {}).values() for m in times}
+        grid = self._grid or 1  # a grid of one microsecond: each time itself
         return {min(-(-m // grid) * grid, _MAX_TIMER_MICROS)
                 for times in cell.get(_TIMERS, {}).values() for m in times}
 
@@ -339,17 +340,14 @@ class _FusedFn(beam.DoFn):
         the parts' order): exactly ``micros``, or with a grid every time up to it.
         A time a callback sets anew within the firing is set on the runner again."""
         due = []
-        order = 0
-        for part in self._parts:
-            for name, callback in part.callbacks.items():
-                times = timers.get(name)
-                if times:
-                    if self._grid:
-                        due.extend((m, order, part, name, callback) for m in times
-                                   if m <= micros)
-                    elif micros in times:
-                        due.append((micros, order, part, name, callback))
-                order += 1
+        for order, (part, name, callback) in enumerate(self._callbacks):
+            times = timers.get(name)
+            if not times:
+                continue
+            if self._grid:
+                due.extend((m, order, part, name, callback) for m in times if m <= micros)
+            elif micros in times:
+                due.append((micros, order, part, name, callback))
         due.sort(key=lambda d: (d[0], d[1]))
         return due
 

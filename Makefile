@@ -42,7 +42,7 @@ e2e: install
 	$(PY) -m pytest -q -s tests/e2e
 
 test: install lint
-	$(PY) -m doctest transforms/exact.py transforms/late.py transforms/merge.py transforms/state_layout.py transforms/declarations.py transforms/aggregations.py pipelines/kafka_dialects.py pipelines/labels.py
+	$(PY) -m doctest transforms/avro.py transforms/exact.py transforms/late.py transforms/merge.py transforms/state_layout.py transforms/declarations.py transforms/aggregations.py pipelines/kafka_dialects.py pipelines/labels.py
 	$(PY) -m pytest -q -m "not slow" tests
 
 clean:

@@ -28,6 +28,7 @@ from apache_beam.transforms.window import GlobalWindow, TimestampedValue
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
 
 import schemas
+from transforms import avro
 from transforms.model import DeadLetter
 
 _LOG = logging.getLogger(__name__)
@@ -263,6 +264,8 @@ class SchemaCatalogue:
         self._registry_config = dict(registry_config or {})
         self._retry_s = retry_s
         self._cache: dict[int, Any] = {}
+        # (schema id, reader schema file) -> the value decoder (``body_reader``)
+        self._readers: dict[tuple[int, str], Callable[[bytes], Any]] = {}
         self._unknown: dict[int, float] = {}
         self._client: Any = None
 
@@ -277,6 +280,19 @@ class SchemaCatalogue:
         if schema_id not in self._cache:
             self._cache[schema_id] = self._lookup(schema_id)
         return self._cache[schema_id]
+
+    def body_reader(self, schema_id: int, reader: EventSchema) -> Callable[[bytes], Any]:
+        """Decodes a wire value's Avro body (after the 5-byte header) written with
+        ``schema_id`` as a ``reader`` record (not validated yet); raises
+        ``InvalidEvent``. Compiled once per writer and reader (``transforms.avro``),
+        fastavro where that reader does not apply; ``KeyError`` / ``RegistryUnavailable``
+        as ``writer_schema``."""
+        key = (schema_id, reader.schema_file)
+        read = self._readers.get(key)
+        if read is None:
+            read = self._readers[key] = _body_reader(schema_id, self.writer_schema(schema_id),
+                                                     reader)
+        return read
 
     def _lookup(self, schema_id: int) -> Any:
         if self._registry_url is None:
@@ -319,7 +335,40 @@ class SchemaCatalogue:
             pause = min(pause * 2, 5.0)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_client": None}
+        return {**self.__dict__, "_client": None, "_readers": {}}
+
+
+def _body_reader(schema_id: int, writer: Any, reader: EventSchema) -> Callable[[bytes], Any]:
+    compiled = avro.compile_reader(writer, reader.parsed)
+    if compiled is None:
+        return lambda value: _fastavro_body(value, schema_id, writer, reader)
+
+    def read(value: bytes) -> Any:
+        try:
+            record, end = compiled(value, 5)
+        except avro.AvroError as e:
+            raise InvalidEvent(f"corrupt Avro body for schema id {schema_id}: {e}") from None
+        if end != len(value):
+            raise InvalidEvent(f"{len(value) - end} trailing bytes after the Avro body")
+        return record
+
+    return read
+
+
+def _fastavro_body(value: bytes, schema_id: int, writer: Any, reader: EventSchema) -> Any:
+    body = io.BytesIO(value[5:])
+    try:
+        record = fastavro.schemaless_reader(body, writer, reader.parsed)
+    except fastavro.read.SchemaResolutionError:
+        writer_name = writer.get("name", "?") if isinstance(writer, dict) else "?"
+        raise InvalidEvent(
+            f"schema id {schema_id} ({writer_name}) cannot be read as {reader.name}") from None
+    except Exception as e:  # truncated or corrupt bodies raise many kinds of errors
+        raise InvalidEvent(f"corrupt Avro body for schema id {schema_id}: "
+                           f"{type(e).__name__}") from None
+    if body.tell() != len(value) - 5:
+        raise InvalidEvent(f"{len(value) - 5 - body.tell()} trailing bytes after the Avro body")
+    return record
 
 
 def decode_confluent(value: bytes | None, schema: EventSchema,
@@ -335,22 +384,10 @@ def decode_confluent(value: bytes | None, schema: EventSchema,
         raise InvalidEvent(f"wrong magic byte {value[0]} (expected 0)")
     (schema_id,) = struct.unpack(">I", value[1:5])
     try:
-        writer = catalogue.writer_schema(schema_id)
+        read = catalogue.body_reader(schema_id, schema)
     except KeyError:
         raise InvalidEvent(f"unknown schema id {schema_id} (not in {catalogue.where})") from None
-    body = io.BytesIO(value[5:])
-    try:
-        record = fastavro.schemaless_reader(body, writer, schema.parsed)
-    except fastavro.read.SchemaResolutionError:
-        writer_name = writer.get("name", "?") if isinstance(writer, dict) else "?"
-        raise InvalidEvent(
-            f"schema id {schema_id} ({writer_name}) cannot be read as {schema.name}") from None
-    except Exception as e:  # truncated or corrupt bodies raise many kinds of errors
-        raise InvalidEvent(f"corrupt Avro body for schema id {schema_id}: "
-                           f"{type(e).__name__}") from None
-    if body.tell() != len(value) - 5:
-        raise InvalidEvent(f"{len(value) - 5 - body.tell()} trailing bytes after the Avro body")
-    return schema.validate(record)
+    return schema.validate(read(value))
 
 
 def encode_confluent(event: dict[str, Any], schema_file: str,

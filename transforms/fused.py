@@ -116,26 +116,37 @@ class _CellTimer:
         self._name = name
 
     def set(self, ts: Timestamp, dynamic_timer_tag: str = "") -> None:
-        micros = Timestamp.of(ts).micros
+        self._set(Timestamp.of(ts).micros, bool(dynamic_timer_tag))
+
+    def clear(self, dynamic_timer_tag: str = "") -> None:
+        if not dynamic_timer_tag:
+            self._cell.get(_TIMERS, {}).pop(self._name, None)
+            return
+        self.clear_ms(int(dynamic_timer_tag))  # the parts' tags are their times in ms
+
+    def set_ms(self, at_ms: int, dynamic: bool = True) -> None:
+        """``set`` at epoch ms ``at_ms`` (``transforms.late`` sets timers so, with no
+        ``Timestamp`` or tag made per event): tagged by its time, or the static one."""
+        self._set(at_ms * 1000, dynamic)
+
+    def clear_ms(self, at_ms: int) -> None:
+        """Clears the dynamic time ``at_ms`` (epoch ms)."""
+        timers = self._cell.get(_TIMERS, {})
+        times = timers.get(self._name)
+        micros = at_ms * 1000
+        if times and micros in times:
+            times.remove(micros)
+            if not times:
+                del timers[self._name]
+
+    def _set(self, micros: int, dynamic: bool) -> None:
         timers = self._cell.setdefault(_TIMERS, {})
-        if dynamic_timer_tag:
+        if dynamic:
             times = timers.setdefault(self._name, [])
             if micros not in times:
                 times.append(micros)
         else:
             timers[self._name] = [micros]
-
-    def clear(self, dynamic_timer_tag: str = "") -> None:
-        timers = self._cell.get(_TIMERS, {})
-        if not dynamic_timer_tag:
-            timers.pop(self._name, None)
-            return
-        times = timers.get(self._name)
-        micros = int(dynamic_timer_tag) * 1000  # the parts' tags are their times in ms
-        if times and micros in times:
-            times.remove(micros)
-            if not times:
-                del timers[self._name]
 
 
 # What a hosted method's parameter receives: (name, kind, state or timer name).

@@ -70,15 +70,26 @@ def set_event_timer(timer: Any, at_ms: int) -> None:
     """Sets a dynamic event-time timer at ``at_ms``, one per distinct time.
 
     Times past the global window's end are clamped to it: they fire at the end
-    of a bounded input or never in a stream, as their unclamped time would.
+    of a bounded input or never in a stream, as their unclamped time would. A
+    timer that takes epoch ms (``set_ms``: a part of the fused stage) gets them
+    as they are.
     """
     at_ms = min(at_ms, MAX_TIMER_MS)
-    timer.set(Timestamp(micros=at_ms * 1000), dynamic_timer_tag=str(at_ms))
+    set_ms = getattr(timer, "set_ms", None)
+    if set_ms is not None:
+        set_ms(at_ms)
+    else:
+        timer.set(Timestamp(micros=at_ms * 1000), dynamic_timer_tag=str(at_ms))
 
 
 def clear_event_timer(timer: Any, at_ms: int) -> None:
     """Clears the dynamic timer ``set_event_timer`` set at ``at_ms``."""
-    timer.clear(dynamic_timer_tag=str(min(at_ms, MAX_TIMER_MS)))
+    at_ms = min(at_ms, MAX_TIMER_MS)
+    clear_ms = getattr(timer, "clear_ms", None)
+    if clear_ms is not None:
+        clear_ms(at_ms)
+    else:
+        timer.clear(dynamic_timer_tag=str(at_ms))
 
 
 class EventClock:
@@ -109,7 +120,12 @@ class EventClock:
 
     def set_static(self, timer: Any, at_ms: int) -> None:
         """The (single) timer of its spec, at effective time ``at_ms``."""
-        timer.set(Timestamp(micros=min(at_ms + self.delay_ms, MAX_TIMER_MS) * 1000))
+        at_ms = min(at_ms + self.delay_ms, MAX_TIMER_MS)
+        set_ms = getattr(timer, "set_ms", None)
+        if set_ms is not None:
+            set_ms(at_ms, dynamic=False)
+        else:
+            timer.set(Timestamp(micros=at_ms * 1000))
 
     def now(self, fired: Timestamp) -> int:
         """The effective watermark a firing at ``fired`` proves (epoch ms)."""

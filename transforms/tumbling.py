@@ -50,13 +50,20 @@ class _TumblingFn(beam.DoFn):
         self._time_field = time_field
         self._entity_type = entity_type
         self._windowfn = FixedWindows(size_ms / 1000)
+        self._last_window: tuple[int, int] | None = None  # [start, end) ms, last assigned
         self._late = Metrics.counter("late", f"{feature}_too_late")
         self._late_firings = Metrics.counter("late", f"{feature}_late_firings")
 
     def _window_start(self, ts_ms: int) -> int:
+        """The start of the window ``FixedWindows`` assigns ``ts_ms`` to (its last
+        answer again while events fall in the same window, as in a backlog they do)."""
+        last = self._last_window
+        if last is not None and last[0] <= ts_ms < last[1]:
+            return last[0]
         (window,) = self._windowfn.assign(
             FixedWindows.AssignContext(Timestamp(micros=ts_ms * 1000)))
-        return to_ms(window.start)
+        self._last_window = (to_ms(window.start), -(-window.end.micros // 1000))
+        return self._last_window[0]
 
     def _update(self, key: str, start: int, acc: Any, final: bool) -> FeatureUpdate:
         value = self._acc.value([acc])

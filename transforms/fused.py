@@ -69,6 +69,9 @@ _NEW_UPDATE = tuple.__new__
 _MAX_TIMER_MICROS = MAX_TIMER_MS * 1000
 
 Part = tuple[str, DoFn, Callable[[dict[str, Any]], bool] | None]
+# A speculative update held for the bundle's end: (as its part made it, visible_ms,
+# seq, element timestamp).
+_Held = tuple[FeatureUpdate, int, int, Timestamp]
 
 # How often a feature's speculative values leave the stage: each one, or per
 # entity and feature the one the sink keeps of a bundle's, at the bundle's end.
@@ -223,9 +226,11 @@ class _FusedFn(beam.DoFn):
             raise ValueError(f"speculative must be one of {', '.join(SPECULATIVE)}: "
                              f"{speculative!r}")
         self._per_bundle = speculative == "per_bundle"
-        # Per (entity, feature), the speculative update held for the bundle's end and
-        # its element timestamp; None outside a bundle (updates then leave at once).
-        self._held: dict[tuple[str, str], tuple[FeatureUpdate, Timestamp]] | None = None
+        # Per (entity, feature), the speculative update held for the bundle's end as its
+        # part made it, its visible_ms and seq, and its element timestamp (stamped when it
+        # leaves: most held updates never do); None outside a bundle (updates then
+        # leave at once).
+        self._held: dict[tuple[str, str], _Held] | None = None
         if timer_grid_ms < 0:
             raise ValueError(f"timer_grid_ms must be >= 0: {timer_grid_ms}")
         self._grid = timer_grid_ms * 1000  # micros; 0: each time a runner timer
@@ -250,11 +255,13 @@ class _FusedFn(beam.DoFn):
         if not held:
             return None
         window = (GlobalWindow(),)
-        return [WindowedValue(update, timestamp, window) for update, timestamp in held.values()]
+        return [WindowedValue(_NEW_UPDATE(FeatureUpdate, (*update[:6], visible_ms, seq)),
+                              timestamp, window)
+                for update, visible_ms, seq, timestamp in held.values()]
 
     @staticmethod
-    def _hold(held: dict[tuple[str, str], tuple[FeatureUpdate, Timestamp]],
-              update: FeatureUpdate, timestamp: Timestamp) -> bool:
+    def _hold(held: dict[tuple[str, str], _Held], update: FeatureUpdate, visible_ms: int,
+              seq: int, timestamp: Timestamp) -> bool:
         """Per bundle: keeps a speculative update back for the bundle's end if the
         sink would keep it over the one held for its feature (True: not emitted
         now). A final update always leaves at once, and drops the speculative
@@ -266,7 +273,7 @@ class _FusedFn(beam.DoFn):
                 del held[key]
             return False
         if pending is None or update.newer_than(pending[0]):
-            held[key] = (update, timestamp)
+            held[key] = (update, visible_ms, seq, timestamp)
         return True
 
     def _defer(self, key: str, fire: Any, cell: dict[str, Any], fired: int | None = None
@@ -309,11 +316,11 @@ class _FusedFn(beam.DoFn):
         held = self._held
         for out in outputs:
             if type(out) is FeatureUpdate:
-                # A NamedTuple's _replace costs a few microseconds; this a fraction.
-                out = _NEW_UPDATE(FeatureUpdate, (*out[:6], visible_ms, seq))
                 seq += 1
-                if held is not None and self._hold(held, out, timestamp):
+                if held is not None and self._hold(held, out, visible_ms, seq - 1, timestamp):
                     continue
+                # A NamedTuple's _replace costs a few microseconds; this a fraction.
+                out = _NEW_UPDATE(FeatureUpdate, (*out[:6], visible_ms, seq - 1))
             yield out
         cell[_SEQ] = seq
 

@@ -78,8 +78,15 @@ class _SlidingFn(beam.DoFn):
         return [k for k in range(first, last + 1) if k in tiles]
 
     def _value_at(self, tiles: dict[int, Any], point: int) -> Any:
+        # _window_tiles' two walks, taking the accumulators at once (a speculative
+        # update per event reads a window: this is the sliding features' hot path).
         last = (point + 1) // self._tile - 1
-        value = self._acc.value([tiles[k] for k in self._window_tiles(tiles, last)])
+        first = last - self._tiles_per_window + 1
+        if len(tiles) < self._tiles_per_window:
+            accs = [acc for k, acc in tiles.items() if first <= k <= last]
+        else:
+            accs = [tiles[k] for k in range(first, last + 1) if k in tiles]
+        value = self._acc.value(accs)
         return self._default if value is None else value
 
     @staticmethod

@@ -7,7 +7,7 @@ bytes wraps around, a union branch of -1 picks the last branch, and a
 writer field the reader does not have is skipped by its length without
 checking that its bytes are there. ``compile_reader`` resolves a writer
 schema against a reader schema once and returns a function that decodes a
-body in about a third of the time and refuses every one of those records.
+body in about half the time and refuses every one of those records.
 
 It handles what event schemas here are made of: a record whose fields are
 primitives or unions of primitives, matched by name, with Avro's promotions

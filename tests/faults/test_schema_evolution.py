@@ -140,7 +140,8 @@ def test_upgrade_adding_a_feature_and_a_state_layout_restores_from_savepoint(
     old = export_job_version("HEAD", tmp_path / "job-v1")
     assert (old / "runtime" / "transform_ids.py").exists(), "version 1 numbers its steps"
     new = export_job_version("HEAD", tmp_path / "job-v2", VERSION_2)
-    topic, group, db = "faults-upgrade", "faults-upgrade-group", 8
+    # Its own Redis db: the session's Redis is shared, and the rescale tests use 8, 11, 12.
+    topic, group, db = "faults-upgrade", "faults-upgrade-group", 13
     svc.create_topic(topic, partitions=2)
     events = h.live_events("ride", LAYOUT_SPEC, lead_ms=20_000)
     flags = [*h.pipeline_flags(topic, f"redis://127.0.0.1:{svc.ports.redis}/{db}",
